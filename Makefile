@@ -1,0 +1,49 @@
+# shoal — multicast disk imaging. See README.md.
+#
+#   make build   build the binaries into build/
+#   make test    install system dependencies, then run every test (as root)
+#   make lint    gofmt, go vet, staticcheck
+#   make fuzz    run every fuzz target for FUZZTIME each (default 10m)
+
+GO        ?= go
+BUILD     := build
+FUZZTIME  ?= 10m
+# Each fuzz target runs this long inside `make test`.
+TEST_FUZZTIME ?= 3s
+# SHOAL_SKIP_VM=1 skips the virtual-machine tests for a quick local loop.
+export SHOAL_SKIP_VM
+
+.PHONY: all build deps test unit lint fuzz fuzz-quick clean clean-lab
+
+all: build
+
+build:
+	$(GO) build -o $(BUILD)/ ./cmds/...
+
+deps:
+	scripts/deps.sh
+
+# The whole test suite, as CI runs it: unit tests, the network tests in
+# private namespaces (root), and a short run of every fuzz target.
+test: deps build
+	$(GO) vet ./...
+	SHOAL_REQUIRE_LAB=1 $(GO) test -count=1 -timeout 45m ./...
+	$(MAKE) fuzz-quick
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+# fuzz-quick runs every fuzz target briefly; fuzz runs each for FUZZTIME.
+fuzz-quick:
+	scripts/fuzz.sh $(TEST_FUZZTIME)
+
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
+
+clean-lab:
+	$(GO) test ./qemu/lab -run TestSweep -count=1
+
+clean:
+	rm -rf $(BUILD)

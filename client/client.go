@@ -1,0 +1,269 @@
+// Package client joins a named shoal session and images one disk: it finds
+// the server by discovery, joins over TCP, receives the image from the
+// multicast stream, checks every chunk against the manifest before it
+// writes it, reads the disk back and reports the result to the server.
+package client
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/mcast"
+	"github.com/shoal-lab/shoal/protocol"
+)
+
+// Config says which session to join and where to write. The zero value of
+// every optional field means the documented default.
+type Config struct {
+	// Session is the name of the session to join. Required.
+	Session string
+	// Disk is the target: a block device or a regular file. Required.
+	Disk string
+	// Server, if set, is asked directly instead of by broadcast and
+	// multicast (for servers behind a router).
+	Server netip.Addr
+	// Interface to use; empty picks the default route's interface, or the
+	// only configured one.
+	Interface string
+	// DiscoveryPort is the server's discovery port (protocol.DiscoveryPort).
+	DiscoveryPort int
+	// DiscoveryTTL is the TTL of multicast discovery packets (1).
+	DiscoveryTTL int
+	// BufferChunks is how many chunks may be received ahead of the disk
+	// (DefaultBufferChunks). It bounds memory: BufferChunks × chunk size.
+	BufferChunks int
+	// ServerTimeout is how long the server may stay silent before the
+	// client gives up (15 s).
+	ServerTimeout time.Duration
+	// Logger receives the client's log; nil discards it.
+	Logger *slog.Logger
+	// Status, if set, is called about four times a second with the
+	// client's state, for a console display. It must not block.
+	Status func(Status)
+}
+
+// DefaultBufferChunks is the receive window in chunks when none is set.
+const DefaultBufferChunks = 64
+
+// Phase is where a client is in its session.
+type Phase string
+
+// Client phases, as shown to people.
+const (
+	PhaseDiscovering Phase = "discovering"
+	PhaseJoining     Phase = "joining"
+	PhaseWaiting     Phase = "waiting for start"
+	PhaseReceiving   Phase = "receiving"
+	PhaseVerifying   Phase = "verifying"
+	PhaseDone        Phase = "done"
+	PhaseFailed      Phase = "failed"
+)
+
+// Status is a snapshot of the client's progress.
+type Status struct {
+	Phase        Phase
+	Session      string
+	Server       string
+	Message      string // what the client is doing or waiting for, for people
+	ImageBytes   int64
+	BytesWritten int64
+	BytesRead    int64 // during read-back verification
+	Received     uint64
+	Lost         uint64
+	Elapsed      time.Duration
+}
+
+// Result is the outcome of a session on this client.
+type Result struct {
+	Session  string
+	Server   netip.AddrPort
+	ClientID uint32
+	// OK is true only if every byte read back from the disk matched.
+	OK       bool
+	Bytes    int64
+	SHA256   [32]byte
+	BadChunk int // first chunk that read back wrong, or -1
+	Elapsed  time.Duration
+	Stats    Stats
+}
+
+// Stats counts what the receiver saw.
+type Stats struct {
+	Received   uint64 // data packets taken, first copies
+	Duplicates uint64 // data packets we already had
+	Lost       uint64 // fragments asked for again
+	Nacks      uint64 // NACK messages sent
+	BadPackets uint64 // packets with a bad checksum or malformed body
+	Foreign    uint64 // packets of another session
+	BadChunks  uint64 // chunks whose SHA-256 did not match, fetched again
+}
+
+// ErrRefused wraps a server's refusal.
+var ErrRefused = errors.New("server refused to join")
+
+// RefusedError is a refusal with the server's code and reason.
+type RefusedError struct {
+	Code   uint8
+	Reason string
+}
+
+func (e *RefusedError) Error() string { return "server refused: " + e.Reason }
+func (e *RefusedError) Unwrap() error { return ErrRefused }
+
+// ErrServerGone means the server stopped talking mid-session.
+var ErrServerGone = errors.New("server went away")
+
+func (c *Config) withDefaults() (Config, error) {
+	cfg := *c
+	if cfg.Session == "" {
+		return cfg, errors.New("no session name: give --session (shoal.session= at boot)")
+	}
+	if cfg.Disk == "" {
+		return cfg, errors.New("no target disk: give --disk (shoal.disk= at boot)")
+	}
+	if cfg.DiscoveryPort == 0 {
+		cfg.DiscoveryPort = protocol.DiscoveryPort
+	}
+	if cfg.DiscoveryTTL == 0 {
+		cfg.DiscoveryTTL = 1
+	}
+	if cfg.BufferChunks == 0 {
+		cfg.BufferChunks = DefaultBufferChunks
+	}
+	if cfg.ServerTimeout == 0 {
+		cfg.ServerTimeout = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg, nil
+}
+
+// statusBoard holds the latest Status for the display and the heartbeat.
+type statusBoard struct {
+	mu    sync.Mutex
+	s     Status
+	start time.Time
+}
+
+func (b *statusBoard) update(f func(*Status)) {
+	b.mu.Lock()
+	f(&b.s)
+	b.mu.Unlock()
+}
+
+func (b *statusBoard) get() Status {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.s
+	if !b.start.IsZero() {
+		s.Elapsed = time.Since(b.start)
+	}
+	return s
+}
+
+// Run joins the session and images the disk. It returns a Result whenever
+// the session got as far as writing; err is non-nil whenever the disk is
+// not known to be good.
+func Run(ctx context.Context, cfgIn Config) (*Result, error) {
+	cfg, err := cfgIn.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	board := &statusBoard{s: Status{Phase: PhaseDiscovering, Session: cfg.Session}}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if cfg.Status != nil {
+		go func() {
+			t := time.NewTicker(250 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					cfg.Status(board.get())
+				}
+			}
+		}()
+		defer func() { cfg.Status(board.get()) }()
+	}
+
+	target, err := imaging.OpenTarget(cfg.Disk)
+	if err != nil {
+		board.update(func(s *Status) { s.Phase, s.Message = PhaseFailed, err.Error() })
+		return nil, err
+	}
+	defer target.Close()
+
+	ifi, err := mcast.Pick(cfg.Interface)
+	if err != nil {
+		board.update(func(s *Status) { s.Phase, s.Message = PhaseFailed, err.Error() })
+		return nil, err
+	}
+	log.Info("client starting", "session", cfg.Session, "disk", cfg.Disk, "interface", ifi.String())
+
+	for {
+		res, err := runOnce(ctx, &cfg, ifi, target, board)
+		var refused *RefusedError
+		if errors.As(err, &refused) && refused.Code == protocol.RefuseSending {
+			log.Warn("session already sending; waiting for the next round", "reason", refused.Reason)
+			board.update(func(s *Status) { s.Phase, s.Message = PhaseDiscovering, refused.Reason })
+			if err := sleepCtx(ctx, 2*time.Second); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			board.update(func(s *Status) { s.Phase, s.Message = PhaseFailed, err.Error() })
+		} else {
+			board.update(func(s *Status) { s.Phase, s.Message = PhaseDone, "disk verified" })
+		}
+		return res, err
+	}
+}
+
+// runOnce discovers, joins and runs one session.
+func runOnce(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging.Target, board *statusBoard) (*Result, error) {
+	found, err := discover(ctx, cfg, ifi, board)
+	if err != nil {
+		return nil, err
+	}
+	board.update(func(s *Status) {
+		s.Phase, s.Server, s.ImageBytes = PhaseJoining, found.control.String(), int64(found.offer.ImageSize)
+		s.Message = "joining " + found.control.String()
+	})
+	// Refuse early, before talking further, when the disk is too small.
+	if err := target.CheckFits(int64(found.offer.ImageSize)); err != nil {
+		return nil, err
+	}
+	sess, err := join(ctx, cfg, ifi, target, found)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.close()
+	return sess.run(ctx, board)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}

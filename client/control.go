@@ -1,0 +1,270 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/mcast"
+	"github.com/shoal-lab/shoal/protocol"
+)
+
+// controlWriteTimeout bounds one write on the control connection.
+const controlWriteTimeout = 5 * time.Second
+
+// maxControlBody bounds what the client accepts from the server in one
+// message (the manifest is the big one).
+const maxControlBody = 128 << 20
+
+// dataRecvBuffer is the data socket's receive buffer: it absorbs bursts
+// while the receiver is descheduled.
+const dataRecvBuffer = 32 << 20
+
+// control is the client's end of the TCP control connection.
+type control struct {
+	conn    net.Conn
+	r       *bufio.Reader
+	session uint64
+	mu      sync.Mutex // serializes writes
+}
+
+func (c *control) send(m protocol.Message) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.conn.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
+	if err := protocol.WriteMessage(c.conn, c.session, m); err != nil {
+		return fmt.Errorf("send %s to server: %w", m.Type(), err)
+	}
+	return nil
+}
+
+// recv reads the server's next message. Once joined, messages of another
+// session are an error.
+func (c *control) recv() (protocol.Header, protocol.Message, error) {
+	h, m, err := protocol.ReadMessage(c.r, maxControlBody)
+	if err != nil {
+		return h, nil, err
+	}
+	if c.session != 0 && h.Session != c.session {
+		return h, nil, fmt.Errorf("control message for session %x, joined %x", h.Session, c.session)
+	}
+	return h, m, nil
+}
+
+// session is one joined session: control connection, manifest, data socket.
+type session struct {
+	cfg      *Config
+	ctl      *control
+	data     *net.UDPConn
+	accept   protocol.Accept
+	manifest *imaging.Manifest
+	target   *imaging.Target
+	server   found
+}
+
+// join connects to the server, asks to join and receives the manifest.
+func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging.Target, srv found) (*session, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp4", srv.control.String())
+	if err != nil {
+		return nil, fmt.Errorf("join %q at %s: %w", cfg.Session, srv.control, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			conn.Close()
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	ctl := &control{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	j := &protocol.Join{
+		Name: cfg.Session, MAC: ifi.MAC, Hostname: hostname(), Disk: cfg.Disk,
+		DiskSize: uint64(target.Size()), BufferChunks: uint32(cfg.BufferChunks),
+	}
+	if err := ctl.send(j); err != nil {
+		return nil, fmt.Errorf("join %q: %w", cfg.Session, err)
+	}
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	h, m, err := ctl.recv()
+	if err != nil {
+		return nil, fmt.Errorf("join %q: no answer from %s: %w", cfg.Session, srv.control, err)
+	}
+	var acc *protocol.Accept
+	switch a := m.(type) {
+	case *protocol.Refuse:
+		return nil, &RefusedError{Code: a.Code, Reason: a.Reason}
+	case *protocol.Accept:
+		acc = a
+		ctl.session = h.Session
+	default:
+		return nil, fmt.Errorf("join %q: server answered with %s", cfg.Session, m.Type())
+	}
+	_, m, err = ctl.recv()
+	if err != nil {
+		return nil, fmt.Errorf("join %q: read manifest: %w", cfg.Session, err)
+	}
+	mm, isManifest := m.(*protocol.Manifest)
+	if !isManifest {
+		return nil, fmt.Errorf("join %q: expected the manifest, got %s", cfg.Session, m.Type())
+	}
+	manifest := new(imaging.Manifest)
+	if err := manifest.UnmarshalBinary(mm.Data); err != nil {
+		return nil, fmt.Errorf("join %q: %w", cfg.Session, err)
+	}
+	if err := target.CheckFits(manifest.ImageSize); err != nil {
+		return nil, err
+	}
+	payload := int(acc.PayloadSize)
+	for i, c := range manifest.Chunks {
+		if (int(c.WireSize)+payload-1)/payload > 0xffff {
+			return nil, fmt.Errorf("join %q: chunk %d needs more than 65535 packets", cfg.Session, i)
+		}
+	}
+	data, err := mcast.ListenData(ctx, ifi, acc.Group, int(acc.DataPort), dataRecvBuffer)
+	if err != nil {
+		return nil, fmt.Errorf("join %q: %w", cfg.Session, err)
+	}
+	conn.SetReadDeadline(time.Time{})
+	ok = true
+	cfg.Logger.Info("joined", "session", cfg.Session, "server", srv.control, "client_id", acc.ClientID,
+		"group", acc.Group, "port", acc.DataPort, "image_bytes", manifest.ImageSize, "chunks", len(manifest.Chunks))
+	return &session{cfg: cfg, ctl: ctl, data: data, accept: *acc, manifest: manifest, target: target, server: srv}, nil
+}
+
+func (s *session) close() {
+	s.ctl.conn.Close()
+	s.data.Close()
+}
+
+// serverEvent is something the server said (or the connection's end).
+type serverEvent struct {
+	msg protocol.Message
+	err error
+}
+
+// readControl forwards the server's control messages until the connection
+// ends.
+func (s *session) readControl(events chan<- serverEvent) {
+	for {
+		_, m, err := s.ctl.recv()
+		if err != nil {
+			events <- serverEvent{err: err}
+			return
+		}
+		events <- serverEvent{msg: m}
+	}
+}
+
+// heartbeat sends Progress every interval and whenever poked, until ctx
+// ends.
+func (s *session) heartbeat(ctx context.Context, progress func() protocol.Progress, poke <-chan struct{}, failed chan<- error) {
+	t := time.NewTicker(time.Duration(s.accept.HeartbeatMillis) * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-poke:
+		}
+		p := progress()
+		if err := s.ctl.send(&p); err != nil {
+			select {
+			case failed <- err:
+			default:
+			}
+			return
+		}
+	}
+}
+
+// run receives, writes, verifies and reports.
+func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) {
+	log := s.cfg.Logger
+	m := s.manifest
+	res := &Result{Session: s.cfg.Session, Server: s.server.control, ClientID: s.accept.ClientID, BadChunk: -1}
+	if err := s.target.Prepare(m.ImageSize); err != nil {
+		s.ctl.send(&protocol.Report{Error: err.Error(), BadChunk: protocol.NoChunk})
+		return res, err
+	}
+	board.update(func(st *Status) {
+		st.Phase, st.ImageBytes = PhaseWaiting, m.ImageSize
+		st.Message = fmt.Sprintf("joined as client %d; waiting for the server to start", s.accept.ClientID)
+	})
+
+	events := make(chan serverEvent, 16)
+	go s.readControl(events)
+
+	rcv := newReceiver(s, log)
+	hbCtx, stopHB := context.WithCancel(ctx)
+	defer stopHB()
+	poke := make(chan struct{}, 1)
+	hbFailed := make(chan error, 1)
+	go s.heartbeat(hbCtx, rcv.progress, poke, hbFailed)
+
+	start := time.Now()
+	board.start = start
+	err := rcv.run(ctx, events, hbFailed, poke, board)
+	res.Stats = rcv.statsSnapshot()
+	if err != nil {
+		stopHB()
+		s.ctl.send(&protocol.Report{Error: err.Error(), BadChunk: protocol.NoChunk, ElapsedMillis: uint64(time.Since(start).Milliseconds())})
+		return res, err
+	}
+
+	board.update(func(st *Status) { st.Phase, st.Message = PhaseVerifying, "reading the disk back" })
+	rcv.setPhase(protocol.PhaseVerifying)
+	log.Info("all chunks written; reading back", "bytes", m.ImageSize)
+	rb, err := s.target.ReadBack(ctx, m, func(done int64) { board.update(func(st *Status) { st.BytesRead = done }) })
+	res.Elapsed = time.Since(start)
+	res.Bytes, res.SHA256, res.BadChunk = rb.Bytes, rb.SHA256, rb.BadChunk
+	rep := &protocol.Report{Bytes: uint64(rb.Bytes), SHA256: rb.SHA256, ElapsedMillis: uint64(res.Elapsed.Milliseconds()), BadChunk: protocol.NoChunk}
+	switch {
+	case err != nil:
+		rep.Error = err.Error()
+	case rb.SHA256 != m.ImageSHA256:
+		if rb.BadChunk >= 0 {
+			rep.BadChunk = uint32(rb.BadChunk)
+		}
+		err = fmt.Errorf("read back: disk SHA-256 %x differs from the image's %x (first bad chunk %d)", rb.SHA256, m.ImageSHA256, rb.BadChunk)
+		rep.Error = err.Error()
+	default:
+		rep.OK = true
+		res.OK = true
+	}
+	rcv.setPhase(protocol.PhaseDone)
+	stopHB()
+	if serr := s.ctl.send(rep); serr != nil && err == nil {
+		err = fmt.Errorf("disk verified, but the report did not reach the server: %w", serr)
+	}
+	if err != nil {
+		return res, err
+	}
+	// Wait briefly for the server's goodbye so it has our report.
+	waitClose(events, 5*time.Second)
+	log.Info("disk verified", "sha256", fmt.Sprintf("%x", rb.SHA256), "elapsed", res.Elapsed.Round(time.Millisecond))
+	return res, nil
+}
+
+func waitClose(events <-chan serverEvent, limit time.Duration) {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for {
+		select {
+		case ev := <-events:
+			if ev.err != nil {
+				return
+			}
+			if _, ok := ev.msg.(*protocol.Close); ok {
+				return
+			}
+		case <-t.C:
+			return
+		}
+	}
+}

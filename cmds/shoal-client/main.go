@@ -1,0 +1,160 @@
+// Command shoal-client joins a named shoal session and writes the image it
+// receives to a disk (a block device or a file), verifies it by reading it
+// back, and reports to the server.
+//
+//	shoal-client --session NAME --disk PATH [--server IP] [--interface IF]
+//
+// Exit status 0 only if the disk was verified.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/shoal-lab/shoal/client"
+	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/cli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "shoal-client:", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("shoal-client", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		session = fs.String("session", "", "session name to join (required)")
+		disk    = fs.String("disk", "", "disk to write: a block device such as /dev/sda, or a file (required)")
+		srvAddr = fs.String("server", "", "server address to ask directly (default: ask by broadcast and multicast)")
+		iface   = fs.String("interface", "", "network interface (default: the default route's)")
+		buffer  = fs.Int("buffer", client.DefaultBufferChunks, "chunks to buffer ahead of the disk")
+		verbose = fs.Bool("v", false, "log debug detail")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *session == "" || *disk == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: --session and --disk are required", errUsage)
+	}
+	cfg := client.Config{Session: *session, Disk: *disk, Interface: *iface, BufferChunks: *buffer}
+	if *srvAddr != "" {
+		a, err := netip.ParseAddr(*srvAddr)
+		if err != nil || !a.Is4() {
+			return fmt.Errorf("%w: --server %q: want an IPv4 address", errUsage, *srvAddr)
+		}
+		cfg.Server = a
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	disp := newDisplay(stderr)
+	cfg.Status = disp.show
+
+	res, err := client.Run(ctx, cfg)
+	disp.end()
+	if err != nil {
+		fmt.Fprintf(stdout, "RESULT: FAILED: %v\n", err)
+		return err
+	}
+	fmt.Fprintf(stdout, "RESULT: OK %s verified: %d bytes, SHA-256 %x, %s (%d packets lost and repaired)\n",
+		*disk, res.Bytes, res.SHA256, res.Elapsed.Round(10*time.Millisecond), res.Stats.Lost)
+	return nil
+}
+
+// display shows the client's progress: one redrawn line on a terminal, a
+// line every few seconds otherwise (a serial console log stays readable).
+type display struct {
+	mu    sync.Mutex
+	w     io.Writer
+	tty   bool
+	last  time.Time
+	drawn bool
+	prev  client.Status
+}
+
+func newDisplay(w io.Writer) *display {
+	d := &display{w: w}
+	if f, ok := w.(*os.File); ok {
+		d.tty = cli.IsTerminal(f)
+	}
+	return d
+}
+
+func (d *display) show(st client.Status) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	every := 3 * time.Second
+	if d.tty {
+		every = 0
+	}
+	changed := st.Phase != d.prev.Phase || st.Message != d.prev.Message
+	if !changed && time.Since(d.last) < every {
+		return
+	}
+	d.last = time.Now()
+	d.prev = st
+	line := statusLine(st)
+	if d.tty {
+		fmt.Fprintf(d.w, "\r\033[K%s", line)
+		d.drawn = true
+	} else {
+		fmt.Fprintln(d.w, line)
+	}
+}
+
+func (d *display) end() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.drawn {
+		fmt.Fprintln(d.w)
+	}
+}
+
+func statusLine(st client.Status) string {
+	switch st.Phase {
+	case client.PhaseReceiving:
+		pct := 0.0
+		if st.ImageBytes > 0 {
+			pct = 100 * float64(st.BytesWritten) / float64(st.ImageBytes)
+		}
+		rate := ""
+		if s := st.Elapsed.Seconds(); s > 0 {
+			rate = cli.FormatRate(float64(st.BytesWritten) * 8 / s)
+		}
+		return fmt.Sprintf("[%s] receiving %5.1f%%  %s of %s  %s  lost+repaired %d", st.Session, pct,
+			imaging.HumanBytes(st.BytesWritten), imaging.HumanBytes(st.ImageBytes), rate, st.Lost)
+	case client.PhaseVerifying:
+		return fmt.Sprintf("[%s] verifying: read back %s of %s", st.Session, imaging.HumanBytes(st.BytesRead), imaging.HumanBytes(st.ImageBytes))
+	}
+	if st.Message != "" {
+		return fmt.Sprintf("[%s] %s: %s", st.Session, st.Phase, st.Message)
+	}
+	return fmt.Sprintf("[%s] %s", st.Session, st.Phase)
+}

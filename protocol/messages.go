@@ -1,0 +1,472 @@
+package protocol
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// Discover asks which server serves a session. Clients send it by
+// broadcast, by multicast to DiscoveryGroup, or by unicast to a known
+// server.
+type Discover struct {
+	Nonce uint64 // echoed in the answer, so a client matches answers to its questions
+	Name  string // the session name asked for
+	MAC   []byte // the client's hardware address, for the operator's logs
+}
+
+// Offer answers a Discover whose session name matches. The client connects
+// to ControlPort on the address the Offer came from.
+type Offer struct {
+	Nonce       uint64
+	Name        string
+	ControlPort uint16
+	ImageSize   uint64
+	Sending     bool   // the session has started; late joins are refused
+	Clients     uint16 // clients joined so far
+}
+
+// NotServed answers a Discover for another session name, so a client can
+// tell the operator which sessions it does hear.
+type NotServed struct {
+	Nonce  uint64
+	Served string // the session this server serves
+}
+
+// Join is a client's first message on the control connection.
+type Join struct {
+	Name     string
+	MAC      []byte
+	Hostname string
+	Disk     string // target path on the client
+	DiskSize uint64 // bytes; 0 means the target grows (a regular file)
+	// BufferChunks is how many chunks the client can hold that are received
+	// but not yet written; the sender never runs further ahead of it.
+	BufferChunks uint32
+}
+
+// Accept admits a client to the session.
+type Accept struct {
+	ClientID    uint32
+	Group       netip.Addr // IPv4 multicast group (or broadcast address) of the data stream
+	DataPort    uint16
+	PayloadSize uint16 // bytes of chunk data per data packet
+	// HeartbeatMillis is how often the client must send Progress;
+	// TimeoutMillis is the silence after which the server drops it.
+	HeartbeatMillis uint32
+	TimeoutMillis   uint32
+}
+
+// Refusal reasons.
+const (
+	RefuseOther        uint8 = 0
+	RefuseName         uint8 = 1
+	RefuseDiskTooSmall uint8 = 2
+	RefuseSending      uint8 = 3
+	RefuseFull         uint8 = 4
+)
+
+// Refuse turns a client away; Reason is written for a person.
+type Refuse struct {
+	Code   uint8
+	Reason string
+}
+
+// Manifest carries the image manifest in imaging's binary encoding.
+type Manifest struct {
+	Data []byte
+}
+
+// Start tells joined clients that sending begins.
+type Start struct {
+	Clients uint16
+	Rate    uint64 // initial send rate in bits per second
+}
+
+// Client phases in Progress.
+const (
+	PhaseWaiting   uint8 = 0
+	PhaseReceiving uint8 = 1
+	PhaseVerifying uint8 = 2
+	PhaseDone      uint8 = 3
+)
+
+// Progress is the client's feedback and heartbeat.
+type Progress struct {
+	// LowWater is the lowest chunk index not yet written to disk: the
+	// sender's window is bounded by the smallest LowWater among clients.
+	LowWater     uint32
+	Written      uint32 // chunks written
+	BytesWritten uint64
+	Received     uint64 // data packets received, first copies only
+	Lost         uint64 // data packets found missing and asked for again
+	Phase        uint8
+}
+
+// NackRange names Count consecutive missing fragments of one chunk,
+// starting at First.
+type NackRange struct {
+	Chunk uint32
+	First uint16
+	Count uint16
+}
+
+// Nack asks the server to send fragments again.
+type Nack struct {
+	Ranges []NackRange
+}
+
+// NoChunk is Report.BadChunk when no chunk is to blame.
+const NoChunk = ^uint32(0)
+
+// Report is a client's final word: what it read back from its disk.
+type Report struct {
+	OK            bool
+	Bytes         uint64
+	SHA256        [32]byte
+	ElapsedMillis uint64
+	BadChunk      uint32 // NoChunk, or the first chunk that read back wrong
+	Error         string
+}
+
+// Close reasons.
+const (
+	CloseDone    uint8 = 0 // the session finished
+	CloseDropped uint8 = 1 // the server gave up on this client
+	CloseAborted uint8 = 2 // the session was stopped by the operator or an error
+)
+
+// Close ends a client's part in the session.
+type Close struct {
+	Code   uint8
+	Reason string
+}
+
+// Data carries one fragment of one chunk's wire bytes.
+type Data struct {
+	Chunk     uint32
+	Frag      uint16
+	FragCount uint16
+	// SendPos is the sender's position: every chunk below it has been sent
+	// once in full, so a client may ask for what it misses there.
+	SendPos uint32
+	Seq     uint32 // per-session packet counter
+	Payload []byte
+}
+
+// DataHeaderSize is the part of a data body before the payload.
+const DataHeaderSize = 16
+
+// Beacon states.
+const (
+	BeaconWaiting  uint8 = 0 // not started yet
+	BeaconSending  uint8 = 1 // sending; SendPos is valid
+	BeaconFinished uint8 = 2 // every chunk sent once; ask for what is missing
+	BeaconAborted  uint8 = 3 // the session was stopped
+)
+
+// Beacon tells clients the sender's position when it has no data to send.
+type Beacon struct {
+	SendPos uint32
+	Seq     uint32
+	State   uint8
+	Rate    uint64
+}
+
+func (*Discover) Type() Type  { return TypeDiscover }
+func (*Offer) Type() Type     { return TypeOffer }
+func (*NotServed) Type() Type { return TypeNotServed }
+func (*Join) Type() Type      { return TypeJoin }
+func (*Accept) Type() Type    { return TypeAccept }
+func (*Refuse) Type() Type    { return TypeRefuse }
+func (*Manifest) Type() Type  { return TypeManifest }
+func (*Start) Type() Type     { return TypeStart }
+func (*Progress) Type() Type  { return TypeProgress }
+func (*Nack) Type() Type      { return TypeNack }
+func (*Report) Type() Type    { return TypeReport }
+func (*Close) Type() Type     { return TypeClose }
+func (*Data) Type() Type      { return TypeData }
+func (*Beacon) Type() Type    { return TypeBeacon }
+
+// maxMAC bounds a hardware address (InfiniBand's is 20 bytes).
+const maxMAC = 32
+
+func (m *Discover) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Nonce)
+	b = appendStr(b, m.Name)
+	return appendBlob(b, m.MAC)
+}
+
+func (m *Discover) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.Nonce = r.u64("nonce")
+	m.Name = r.str("session name")
+	m.MAC = r.blob("mac", maxMAC)
+	return r.done()
+}
+
+func (m *Offer) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Nonce)
+	b = appendStr(b, m.Name)
+	b = binary.BigEndian.AppendUint16(b, m.ControlPort)
+	b = binary.BigEndian.AppendUint64(b, m.ImageSize)
+	b = appendBool(b, m.Sending)
+	return binary.BigEndian.AppendUint16(b, m.Clients)
+}
+
+func (m *Offer) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.Nonce = r.u64("nonce")
+	m.Name = r.str("session name")
+	m.ControlPort = r.u16("control port")
+	m.ImageSize = r.u64("image size")
+	m.Sending = r.bool("sending")
+	m.Clients = r.u16("clients")
+	if r.err == nil && m.ControlPort == 0 {
+		r.fail("control port 0")
+	}
+	return r.done()
+}
+
+func (m *NotServed) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Nonce)
+	return appendStr(b, m.Served)
+}
+
+func (m *NotServed) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.Nonce = r.u64("nonce")
+	m.Served = r.str("served session")
+	return r.done()
+}
+
+func (m *Join) appendBody(b []byte) []byte {
+	b = appendStr(b, m.Name)
+	b = appendBlob(b, m.MAC)
+	b = appendStr(b, m.Hostname)
+	b = appendStr(b, m.Disk)
+	b = binary.BigEndian.AppendUint64(b, m.DiskSize)
+	return binary.BigEndian.AppendUint32(b, m.BufferChunks)
+}
+
+func (m *Join) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.Name = r.str("session name")
+	m.MAC = r.blob("mac", maxMAC)
+	m.Hostname = r.str("hostname")
+	m.Disk = r.str("disk")
+	m.DiskSize = r.u64("disk size")
+	m.BufferChunks = r.u32("buffer chunks")
+	if r.err == nil && m.BufferChunks == 0 {
+		r.fail("buffer of 0 chunks")
+	}
+	return r.done()
+}
+
+func (m *Accept) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.ClientID)
+	var g [4]byte
+	if m.Group.Is4() {
+		g = m.Group.As4()
+	}
+	b = append(b, g[:]...)
+	b = binary.BigEndian.AppendUint16(b, m.DataPort)
+	b = binary.BigEndian.AppendUint16(b, m.PayloadSize)
+	b = binary.BigEndian.AppendUint32(b, m.HeartbeatMillis)
+	return binary.BigEndian.AppendUint32(b, m.TimeoutMillis)
+}
+
+func (m *Accept) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.ClientID = r.u32("client id")
+	var g [4]byte
+	r.fixed(g[:], "group")
+	m.Group = netip.AddrFrom4(g)
+	m.DataPort = r.u16("data port")
+	m.PayloadSize = r.u16("payload size")
+	m.HeartbeatMillis = r.u32("heartbeat")
+	m.TimeoutMillis = r.u32("timeout")
+	if r.err == nil {
+		switch {
+		case m.Group.IsUnspecified():
+			r.fail("group 0.0.0.0")
+		case m.DataPort == 0:
+			r.fail("data port 0")
+		case m.PayloadSize == 0:
+			r.fail("payload size 0")
+		case m.HeartbeatMillis == 0 || m.TimeoutMillis == 0:
+			r.fail("heartbeat or timeout 0")
+		}
+	}
+	return r.done()
+}
+
+func (m *Refuse) appendBody(b []byte) []byte {
+	b = append(b, m.Code)
+	return appendStr(b, m.Reason)
+}
+
+func (m *Refuse) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.Code = r.u8("code")
+	m.Reason = r.str("reason")
+	return r.done()
+}
+
+func (m *Manifest) appendBody(b []byte) []byte { return append(b, m.Data...) }
+
+func (m *Manifest) decodeBody(b []byte) error {
+	if len(b) == 0 {
+		return fmt.Errorf("%w: empty manifest", ErrBody)
+	}
+	m.Data = b
+	return nil
+}
+
+func (m *Start) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, m.Clients)
+	return binary.BigEndian.AppendUint64(b, m.Rate)
+}
+
+func (m *Start) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.Clients = r.u16("clients")
+	m.Rate = r.u64("rate")
+	return r.done()
+}
+
+func (m *Progress) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.LowWater)
+	b = binary.BigEndian.AppendUint32(b, m.Written)
+	b = binary.BigEndian.AppendUint64(b, m.BytesWritten)
+	b = binary.BigEndian.AppendUint64(b, m.Received)
+	b = binary.BigEndian.AppendUint64(b, m.Lost)
+	return append(b, m.Phase)
+}
+
+func (m *Progress) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.LowWater = r.u32("low water")
+	m.Written = r.u32("written")
+	m.BytesWritten = r.u64("bytes written")
+	m.Received = r.u64("received")
+	m.Lost = r.u64("lost")
+	m.Phase = r.u8("phase")
+	if r.err == nil && m.Phase > PhaseDone {
+		r.fail("phase %d", m.Phase)
+	}
+	return r.done()
+}
+
+// MaxNackRanges bounds one Nack.
+const MaxNackRanges = 8192
+
+func (m *Nack) appendBody(b []byte) []byte {
+	ranges := m.Ranges
+	if len(ranges) > MaxNackRanges {
+		ranges = ranges[:MaxNackRanges]
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(ranges)))
+	for _, nr := range ranges {
+		b = binary.BigEndian.AppendUint32(b, nr.Chunk)
+		b = binary.BigEndian.AppendUint16(b, nr.First)
+		b = binary.BigEndian.AppendUint16(b, nr.Count)
+	}
+	return b
+}
+
+func (m *Nack) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	n := int(r.u16("range count"))
+	if n > MaxNackRanges {
+		r.fail("%d ranges, at most %d", n, MaxNackRanges)
+	}
+	if r.err == nil && len(r.b) != 8*n {
+		r.fail("%d ranges need %d bytes, have %d", n, 8*n, len(r.b))
+	}
+	m.Ranges = m.Ranges[:0]
+	for i := 0; i < n && r.err == nil; i++ {
+		nr := NackRange{Chunk: r.u32("chunk"), First: r.u16("first"), Count: r.u16("count")}
+		if nr.Count == 0 || int(nr.First)+int(nr.Count) > 0xffff+1 {
+			r.fail("range %d: first %d count %d", i, nr.First, nr.Count)
+		}
+		m.Ranges = append(m.Ranges, nr)
+	}
+	return r.done()
+}
+
+func (m *Report) appendBody(b []byte) []byte {
+	b = appendBool(b, m.OK)
+	b = binary.BigEndian.AppendUint64(b, m.Bytes)
+	b = append(b, m.SHA256[:]...)
+	b = binary.BigEndian.AppendUint64(b, m.ElapsedMillis)
+	b = binary.BigEndian.AppendUint32(b, m.BadChunk)
+	return appendStr(b, m.Error)
+}
+
+func (m *Report) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.OK = r.bool("ok")
+	m.Bytes = r.u64("bytes")
+	r.fixed(m.SHA256[:], "sha256")
+	m.ElapsedMillis = r.u64("elapsed")
+	m.BadChunk = r.u32("bad chunk")
+	m.Error = r.str("error")
+	return r.done()
+}
+
+func (m *Close) appendBody(b []byte) []byte {
+	b = append(b, m.Code)
+	return appendStr(b, m.Reason)
+}
+
+func (m *Close) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.Code = r.u8("code")
+	m.Reason = r.str("reason")
+	return r.done()
+}
+
+func (m *Data) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.Chunk)
+	b = binary.BigEndian.AppendUint16(b, m.Frag)
+	b = binary.BigEndian.AppendUint16(b, m.FragCount)
+	b = binary.BigEndian.AppendUint32(b, m.SendPos)
+	b = binary.BigEndian.AppendUint32(b, m.Seq)
+	return append(b, m.Payload...)
+}
+
+func (m *Data) decodeBody(b []byte) error {
+	if len(b) < DataHeaderSize+1 {
+		return fmt.Errorf("%w: data body of %d bytes", ErrBody, len(b))
+	}
+	m.Chunk = binary.BigEndian.Uint32(b)
+	m.Frag = binary.BigEndian.Uint16(b[4:])
+	m.FragCount = binary.BigEndian.Uint16(b[6:])
+	m.SendPos = binary.BigEndian.Uint32(b[8:])
+	m.Seq = binary.BigEndian.Uint32(b[12:])
+	m.Payload = b[DataHeaderSize:]
+	if m.FragCount == 0 || m.Frag >= m.FragCount {
+		return fmt.Errorf("%w: fragment %d of %d", ErrBody, m.Frag, m.FragCount)
+	}
+	return nil
+}
+
+func (m *Beacon) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.SendPos)
+	b = binary.BigEndian.AppendUint32(b, m.Seq)
+	b = append(b, m.State)
+	return binary.BigEndian.AppendUint64(b, m.Rate)
+}
+
+func (m *Beacon) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	m.SendPos = r.u32("send position")
+	m.Seq = r.u32("seq")
+	m.State = r.u8("state")
+	m.Rate = r.u64("rate")
+	if r.err == nil && m.State > BeaconAborted {
+		r.fail("state %d", m.State)
+	}
+	return r.done()
+}

@@ -1,0 +1,61 @@
+package protocol
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net/netip"
+)
+
+// Well-known addresses. The data port and group are chosen per session by
+// the server and announced in Accept.
+const (
+	// DiscoveryPort is the UDP port servers listen on for Discover.
+	DiscoveryPort = 9940
+	// DefaultDataPort is the UDP port of the data stream unless configured.
+	DefaultDataPort = 9941
+)
+
+// DiscoveryGroup is the administratively scoped multicast group clients also
+// send Discover to, for networks that filter broadcast.
+var DiscoveryGroup = netip.AddrFrom4([4]byte{239, 255, 83, 72})
+
+// ReadMessage reads one packet from a stream (the TCP control connection)
+// and decodes it. Packets whose body exceeds maxBody are refused before
+// their body is read.
+func ReadMessage(r io.Reader, maxBody int) (Header, Message, error) {
+	var hdr [HeaderSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return Header{}, nil, err
+	}
+	if hdr[0] != magic[0] || hdr[1] != magic[1] {
+		return Header{}, nil, ErrMagic
+	}
+	if hdr[2] != Version {
+		return Header{}, nil, fmt.Errorf("%w %d (this build speaks %d): use matching shoal and shoal-client builds", ErrVersion, hdr[2], Version)
+	}
+	n := binary.BigEndian.Uint32(hdr[16:])
+	if uint64(n) > uint64(maxBody) || n > MaxBody {
+		return Header{}, nil, fmt.Errorf("%w: %d-byte body, at most %d", ErrLength, n, maxBody)
+	}
+	buf := make([]byte, HeaderSize+int(n)+TrailerSize)
+	copy(buf, hdr[:])
+	if _, err := io.ReadFull(r, buf[HeaderSize:]); err != nil {
+		return Header{}, nil, fmt.Errorf("read %d-byte body: %w", n, noEOF(err))
+	}
+	return Parse(buf)
+}
+
+// WriteMessage encodes m and writes it as one packet.
+func WriteMessage(w io.Writer, session uint64, m Message) error {
+	_, err := w.Write(Marshal(session, 0, m))
+	return err
+}
+
+// noEOF turns a clean EOF inside a packet into ErrUnexpectedEOF.
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

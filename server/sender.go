@@ -1,0 +1,391 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/ipv4"
+
+	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/protocol"
+)
+
+// Sender tuning.
+const (
+	maxBatch         = 32                     // datagrams per sendmmsg
+	idleBeaconEvery  = 50 * time.Millisecond  // beacon period while sending but idle
+	waitBeaconEvery  = time.Second            // beacon period before the start
+	ethernetOverhead = 14                     // what the link adds per frame, for the pacer
+	cacheBytes       = 256 << 20              // recently sent chunks kept for repairs
+	stallPause       = 300 * time.Microsecond // wait after the kernel's queue was full
+)
+
+// sender multicasts the image: first transmissions in order, repairs first,
+// never more than the slowest live client's window ahead.
+type sender struct {
+	s     *Server
+	conn  *net.UDPConn
+	pc    *ipv4.PacketConn
+	dest  *net.UDPAddr
+	seq   atomic.Uint32
+	next  int // next chunk to send for the first time
+	m     *imaging.Manifest
+	rate  *rateControl
+	pace  pacer
+	cache chunkCache
+
+	msgs  []ipv4.Message
+	bufs  [][]byte
+	n     int // datagrams in the batch
+	bytes int // their wire bytes
+
+	blockedSince time.Time
+	lastBeacon   time.Time
+}
+
+func newSender(s *Server, conn *net.UDPConn) *sender {
+	snd := &sender{
+		s: s, conn: conn, pc: ipv4.NewPacketConn(conn),
+		dest: &net.UDPAddr{IP: s.group.AsSlice(), Port: s.cfg.DataPort},
+		m:    s.manifest,
+		rate: newRateControl(s.cfg.MaxRate),
+	}
+	snd.cache = newChunkCache(max(4, cacheBytes/s.manifest.ChunkSize))
+	snd.msgs = make([]ipv4.Message, maxBatch)
+	snd.bufs = make([][]byte, maxBatch)
+	for i := range snd.bufs {
+		snd.bufs[i] = make([]byte, 0, s.cfg.MTU)
+		snd.msgs[i].Addr = snd.dest
+	}
+	s.mu.Lock()
+	s.counters.Rate = snd.rate.current()
+	s.mu.Unlock()
+	return snd
+}
+
+// window returns how many clients are still active and the first chunk the
+// slowest of them cannot take yet.
+func (s *Server) window() (active int, limit int, slowest *client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	limit = int(^uint(0) >> 1)
+	for _, c := range s.activeLocked() {
+		active++
+		if c.state == ClientVerifying {
+			continue
+		}
+		if l := int(c.progress.LowWater) + int(c.join.BufferChunks); l < limit {
+			limit, slowest = l, c
+		}
+	}
+	return active, limit, slowest
+}
+
+// run sends until no client is left that needs anything.
+func (snd *sender) run(ctx context.Context) error {
+	s := snd.s
+	total := len(snd.m.Chunks)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		active, limit, slowest := s.window()
+		if active == 0 {
+			return nil
+		}
+		if chunk, bits, ok := s.repairs.pop(snd.next); ok {
+			if err := snd.sendRepair(ctx, int(chunk), bits); err != nil {
+				return err
+			}
+			continue
+		}
+		if snd.next < total {
+			if snd.m.Chunks[snd.next].Encoding == imaging.EncodingZero {
+				snd.next++
+				continue
+			}
+			if snd.next < limit {
+				snd.blockedSince = time.Time{}
+				if err := snd.sendChunk(ctx, snd.next); err != nil {
+					return err
+				}
+				snd.next++
+				if snd.next == total {
+					if err := snd.beacon(protocol.BeaconFinished); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			snd.heldBack(slowest)
+		}
+		if err := snd.flush(ctx); err != nil {
+			return err
+		}
+		if time.Since(snd.lastBeacon) >= idleBeaconEvery {
+			state := protocol.BeaconSending
+			if snd.next >= total {
+				state = protocol.BeaconFinished
+			}
+			if err := snd.beacon(state); err != nil {
+				return err
+			}
+		}
+		timer.Reset(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-s.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// heldBack applies the slow-client policy while the window is closed.
+func (snd *sender) heldBack(slowest *client) {
+	s := snd.s
+	if slowest == nil {
+		return
+	}
+	now := time.Now()
+	if snd.blockedSince.IsZero() {
+		snd.blockedSince = now
+		return
+	}
+	held := now.Sub(snd.blockedSince)
+	if s.cfg.Slow != SlowDrop || held < s.cfg.SlowAfter {
+		return
+	}
+	s.mu.Lock()
+	if slowest.state.Final() {
+		s.mu.Unlock()
+		return
+	}
+	slowest.state = ClientDropped
+	slowest.err = fmt.Sprintf("too slow: held the session back for %s at chunk %d of %d (--slow=drop)",
+		held.Round(time.Second), slowest.progress.LowWater, len(snd.m.Chunks))
+	slowest.ended = now
+	s.mu.Unlock()
+	snd.blockedSince = time.Time{}
+	s.dropped(slowest)
+}
+
+// chunkWire returns a chunk's wire bytes, from the cache or the image.
+func (snd *sender) chunkWire(i int) ([]byte, error) {
+	if b := snd.cache.get(i); b != nil {
+		return b, nil
+	}
+	b, err := snd.s.cfg.Source.ReadChunk(i, snd.cache.spare())
+	if err != nil {
+		return nil, fmt.Errorf("read image: %w", err)
+	}
+	snd.cache.put(i, b)
+	return b, nil
+}
+
+func (snd *sender) sendChunk(ctx context.Context, i int) error {
+	wire, err := snd.chunkWire(i)
+	if err != nil {
+		return err
+	}
+	frags := (len(wire) + snd.s.payload - 1) / snd.s.payload
+	for f := 0; f < frags; f++ {
+		if err := snd.queue(ctx, i, f, frags, wire, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (snd *sender) sendRepair(ctx context.Context, i int, bits []uint64) error {
+	wire, err := snd.chunkWire(i)
+	if err != nil {
+		return err
+	}
+	frags := (len(wire) + snd.s.payload - 1) / snd.s.payload
+	for f := 0; f < frags; f++ {
+		if bits[f/64]&(1<<(f%64)) == 0 {
+			continue
+		}
+		if err := snd.queue(ctx, i, f, frags, wire, protocol.FlagRepair); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queue adds one data packet to the batch, sending the batch when full.
+func (snd *sender) queue(ctx context.Context, chunk, frag, frags int, wire []byte, flags uint8) error {
+	p := snd.s.payload
+	end := min(len(wire), (frag+1)*p)
+	d := protocol.Data{
+		Chunk: uint32(chunk), Frag: uint16(frag), FragCount: uint16(frags),
+		SendPos: uint32(snd.next), Seq: snd.seq.Add(1), Payload: wire[frag*p : end],
+	}
+	pkt := protocol.Append(snd.bufs[snd.n][:0], snd.s.sessionID, flags, &d)
+	snd.bufs[snd.n] = pkt
+	snd.msgs[snd.n].Buffers = [][]byte{pkt}
+	snd.n++
+	snd.bytes += len(pkt) + ipUDPOverhead + ethernetOverhead
+	s := snd.s
+	s.mu.Lock()
+	if flags&protocol.FlagRepair != 0 {
+		s.counters.RepairPackets++
+	} else {
+		s.counters.DataPackets++
+	}
+	s.counters.PayloadBytes += uint64(end - frag*p)
+	s.counters.WireBytes += uint64(len(pkt) + ipUDPOverhead)
+	s.mu.Unlock()
+	if snd.n >= snd.batchSize() {
+		return snd.flush(ctx)
+	}
+	return nil
+}
+
+// batchSize keeps a batch to about a millisecond of data at the current
+// rate, so pacing stays smooth at low rates.
+func (snd *sender) batchSize() int {
+	perMs := int(snd.rate.current() / 8 / 1000 / int64(snd.s.cfg.MTU))
+	return max(1, min(maxBatch, perMs))
+}
+
+// flush paces and sends the batch, retrying when the kernel's queue is full.
+func (snd *sender) flush(ctx context.Context) error {
+	if snd.n == 0 {
+		return nil
+	}
+	snd.pace.wait(ctx, snd.bytes, snd.rate.current())
+	msgs := snd.msgs[:snd.n]
+	for len(msgs) > 0 {
+		n, err := snd.pc.WriteBatch(msgs, 0)
+		msgs = msgs[max(n, 0):]
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.EAGAIN) {
+			snd.s.mu.Lock()
+			snd.s.counters.SendStalls++
+			snd.s.mu.Unlock()
+			snd.rate.stalled()
+			time.Sleep(stallPause)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			continue
+		}
+		return fmt.Errorf("send to %s: %w", snd.dest, err)
+	}
+	snd.n, snd.bytes = 0, 0
+	snd.s.mu.Lock()
+	snd.s.counters.Rate = snd.rate.current()
+	snd.s.mu.Unlock()
+	return nil
+}
+
+// beacon sends the sender's position and state.
+func (snd *sender) beacon(state uint8) error {
+	pos := snd.next
+	b := protocol.Beacon{SendPos: uint32(pos), Seq: snd.seq.Add(1), State: state, Rate: uint64(snd.rate.current())}
+	pkt := protocol.Marshal(snd.s.sessionID, 0, &b)
+	snd.lastBeacon = time.Now()
+	snd.s.mu.Lock()
+	snd.s.counters.Beacons++
+	snd.s.mu.Unlock()
+	if _, err := snd.conn.WriteTo(pkt, snd.dest); err != nil && !errors.Is(err, syscall.ENOBUFS) {
+		return fmt.Errorf("send beacon to %s: %w", snd.dest, err)
+	}
+	return nil
+}
+
+// beaconWhileWaiting lets joined clients hear the group before the start.
+func (s *Server) beaconWhileWaiting(ctx context.Context, snd *sender) {
+	t := time.NewTicker(waitBeaconEvery)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		waiting := s.state == StateWaiting
+		s.mu.Unlock()
+		if !waiting {
+			return
+		}
+		b := protocol.Beacon{State: protocol.BeaconWaiting, Seq: snd.seq.Add(1)}
+		if _, err := snd.conn.WriteTo(protocol.Marshal(s.sessionID, 0, &b), snd.dest); err != nil {
+			s.log.Debug("waiting beacon failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pacer spaces batches so the average rate stays at the target.
+type pacer struct {
+	next time.Time
+}
+
+// maxBurst is how far behind schedule the pacer may fall and catch up.
+const maxBurst = 2 * time.Millisecond
+
+func (p *pacer) wait(ctx context.Context, bytes int, bitsPerSecond int64) {
+	if bitsPerSecond <= 0 {
+		return
+	}
+	now := time.Now()
+	if p.next.Before(now.Add(-maxBurst)) {
+		p.next = now.Add(-maxBurst)
+	}
+	at := p.next
+	p.next = p.next.Add(time.Duration(float64(bytes*8) / float64(bitsPerSecond) * float64(time.Second)))
+	if d := at.Sub(now); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// chunkCache keeps recently sent chunks for repairs, oldest out first.
+type chunkCache struct {
+	limit int
+	data  map[int][]byte
+	order []int
+	free  [][]byte
+}
+
+func newChunkCache(limit int) chunkCache {
+	return chunkCache{limit: limit, data: map[int][]byte{}}
+}
+
+func (c *chunkCache) get(i int) []byte { return c.data[i] }
+
+// spare returns an empty buffer to read a chunk into, reusing evicted ones.
+func (c *chunkCache) spare() []byte {
+	if n := len(c.free); n > 0 {
+		b := c.free[n-1]
+		c.free = c.free[:n-1]
+		return b[:0]
+	}
+	return nil
+}
+
+func (c *chunkCache) put(i int, b []byte) {
+	if len(c.order) >= c.limit {
+		old := c.order[0]
+		c.order = c.order[1:]
+		c.free = append(c.free, c.data[old])
+		delete(c.data, old)
+	}
+	c.data[i] = b
+	c.order = append(c.order, i)
+}

@@ -1,0 +1,412 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	rand2 "math/rand/v2"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/mcast"
+	"github.com/shoal-lab/shoal/protocol"
+)
+
+// State is where the session is.
+type State string
+
+// Session states.
+const (
+	StateWaiting  State = "waiting"  // accepting clients
+	StateSending  State = "sending"  // data flows
+	StateFinished State = "finished" // every client has a result
+)
+
+// Server runs one session. Create it with New and run it with Run; it is
+// not reusable after Run returns.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	manifest  *imaging.Manifest
+	wire      []byte // the manifest's encoding, sent to every client
+	sessionID uint64
+	group     netip.Addr
+	ifi       mcast.Interface
+	payload   int
+
+	startNow chan struct{}
+	joined   chan struct{} // a client joined (for the start criteria)
+	wake     chan struct{} // the sender has something new to look at
+
+	mu       sync.Mutex // guards everything below
+	state    State
+	clients  []*client // in join order
+	nextID   uint32
+	started  time.Time
+	finished time.Time
+	counters Counters
+
+	repairs *repairQueue
+}
+
+// Counters are the sender's totals.
+type Counters struct {
+	DataPackets   uint64 // first transmissions
+	RepairPackets uint64 // retransmissions asked for by NACKs
+	PayloadBytes  uint64 // chunk bytes sent, repairs included
+	WireBytes     uint64 // bytes of the datagrams sent (UDP payload + IP/UDP headers)
+	Beacons       uint64
+	NackRanges    uint64 // NACK ranges received
+	SendStalls    uint64 // times the kernel's queue was full (ENOBUFS)
+	Rate          int64  // current send rate in bits per second
+}
+
+// New checks the configuration and prepares a session.
+func New(cfg Config) (*Server, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	m := c.Source.Manifest()
+	wire, err := m.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	var idb [8]byte
+	for binary.BigEndian.Uint64(idb[:]) == 0 {
+		rand.Read(idb[:])
+	}
+	var seed [32]byte
+	rand.Read(seed[:])
+	s := &Server{
+		cfg: c, log: c.Logger, manifest: m, wire: wire,
+		sessionID: binary.BigEndian.Uint64(idb[:]),
+		group:     c.Groups.Pick(rand2.New(rand2.NewChaCha8(seed))),
+		payload:   c.payloadSize(),
+		startNow:  make(chan struct{}, 1),
+		joined:    make(chan struct{}, 1),
+		wake:      make(chan struct{}, 1),
+		state:     StateWaiting,
+		nextID:    1,
+		repairs:   newRepairQueue(),
+	}
+	return s, nil
+}
+
+// StartNow starts sending as soon as at least one client has joined: the
+// operator's "send now".
+func (s *Server) StartNow() {
+	select {
+	case s.startNow <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Server) poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// Group is the multicast group the data is sent to.
+func (s *Server) Group() netip.Addr { return s.group }
+
+// Run serves the session until every client that joined has a result, or
+// ctx ends (which aborts the session). It returns the summary in both cases;
+// err is non-nil if the session could not run or was aborted.
+func (s *Server) Run(ctx context.Context) (*Summary, error) {
+	ifi, err := mcast.Pick(s.cfg.Interface)
+	if err != nil {
+		return nil, err
+	}
+	s.ifi = ifi
+	disc, err := mcast.ListenDiscovery(ctx, ifi, s.cfg.DiscoveryPort, protocol.DiscoveryGroup)
+	if err != nil {
+		return nil, err
+	}
+	defer disc.Close()
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp4", netip.AddrPortFrom(ifi.Addr.Addr(), uint16(s.cfg.ControlPort)).String())
+	if err != nil {
+		return nil, fmt.Errorf("listen for clients on %s port %d: %w", ifi, s.cfg.ControlPort, err)
+	}
+	defer ln.Close()
+	data, err := mcast.OpenSender(ctx, ifi, s.cfg.TTL, 8<<20)
+	if err != nil {
+		return nil, err
+	}
+	defer data.Close()
+
+	controlPort := ln.Addr().(*net.TCPAddr).Port
+	s.log.Info("session open", "session", s.cfg.Session, "image", s.cfg.ImageName,
+		"bytes", s.manifest.ImageSize, "wire_bytes", s.manifest.WireBytes(), "interface", ifi.String(),
+		"group", s.group, "port", s.cfg.DataPort, "control_port", controlPort, "ttl", s.cfg.TTL)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		ln.Close()
+		disc.Close()
+		s.closeClients(protocol.CloseAborted, "the server stopped")
+		wg.Wait()
+	}()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		s.answerDiscovery(runCtx, disc, controlPort)
+	}()
+	go func() {
+		defer wg.Done()
+		s.acceptClients(runCtx, ln, &wg)
+	}()
+
+	snd := newSender(s, data)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.beaconWhileWaiting(runCtx, snd)
+	}()
+	if err := s.waitForStart(runCtx); err != nil {
+		return s.summary(), fmt.Errorf("session %q: %w", s.cfg.Session, err)
+	}
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.watchClients(runCtx)
+	}()
+	err = snd.run(runCtx)
+	s.mu.Lock()
+	s.state = StateFinished
+	s.finished = time.Now()
+	s.mu.Unlock()
+	if err != nil {
+		s.failActive(fmt.Sprintf("session aborted: %v", err))
+		return s.summary(), fmt.Errorf("session %q: %w", s.cfg.Session, err)
+	}
+	s.closeClients(protocol.CloseDone, "session finished")
+	return s.summary(), nil
+}
+
+// answerDiscovery answers Discover packets until ctx ends.
+func (s *Server) answerDiscovery(ctx context.Context, conn *net.UDPConn, controlPort int) {
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
+	defer stop()
+	buf := make([]byte, 2048)
+	var out []byte
+	for {
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("discovery socket failed", "err", err)
+			}
+			return
+		}
+		_, m, err := protocol.Parse(buf[:n])
+		if err != nil {
+			s.log.Debug("ignoring bad discovery packet", "from", from, "err", err)
+			continue
+		}
+		d, ok := m.(*protocol.Discover)
+		if !ok {
+			continue
+		}
+		var answer protocol.Message
+		if d.Name == s.cfg.Session {
+			s.mu.Lock()
+			answer = &protocol.Offer{
+				Nonce: d.Nonce, Name: s.cfg.Session, ControlPort: uint16(controlPort),
+				ImageSize: uint64(s.manifest.ImageSize), Sending: s.state != StateWaiting,
+				Clients: uint16(min(len(s.clients), 0xffff)),
+			}
+			s.mu.Unlock()
+		} else {
+			answer = &protocol.NotServed{Nonce: d.Nonce, Served: s.cfg.Session}
+		}
+		out = protocol.Append(out[:0], 0, 0, answer)
+		if _, err := conn.WriteToUDPAddrPort(out, from); err != nil {
+			s.log.Debug("discovery answer failed", "to", from, "err", err)
+		}
+	}
+}
+
+// waitForStart returns when a start criterion is met with at least one
+// client joined.
+func (s *Server) waitForStart(ctx context.Context) error {
+	var startAt <-chan time.Time
+	if !s.cfg.StartAt.IsZero() {
+		t := time.NewTimer(time.Until(s.cfg.StartAt))
+		defer t.Stop()
+		startAt = t.C
+	}
+	afterJoin := time.NewTimer(time.Hour)
+	afterJoin.Stop()
+	defer afterJoin.Stop()
+	wanted := false // a criterion other than the client count fired
+	for {
+		n := s.joinedCount()
+		switch {
+		case n > 0 && wanted:
+			return s.begin("started", n)
+		case s.cfg.MinClients > 0 && n >= s.cfg.MinClients:
+			return s.begin(fmt.Sprintf("%d clients joined", n), n)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.joined:
+			if s.cfg.WaitAfterJoin > 0 && s.joinedCount() > 0 {
+				afterJoin.Reset(s.cfg.WaitAfterJoin)
+			}
+		case <-afterJoin.C:
+			if s.joinedCount() > 0 {
+				s.log.Info("start criterion met", "reason", fmt.Sprintf("%s after the last join", s.cfg.WaitAfterJoin))
+				wanted = true
+			}
+		case <-startAt:
+			s.log.Info("start criterion met", "reason", "start time reached")
+			wanted = true
+		case <-s.startNow:
+			if s.joinedCount() == 0 {
+				s.log.Warn("send now ignored: no client has joined yet")
+				continue
+			}
+			s.log.Info("start criterion met", "reason", "operator said send now")
+			wanted = true
+		}
+	}
+}
+
+func (s *Server) joinedCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.clients {
+		if c.state == ClientJoined {
+			n++
+		}
+	}
+	return n
+}
+
+// begin moves the session to sending and tells every client.
+func (s *Server) begin(reason string, n int) error {
+	s.mu.Lock()
+	s.state = StateSending
+	s.started = time.Now()
+	clients := s.activeLocked()
+	for _, c := range clients {
+		c.state = ClientReceiving
+		c.lastHeard = s.started // the clock for dead clients starts now
+	}
+	rate := s.counters.Rate
+	s.mu.Unlock()
+	s.log.Info("sending", "reason", reason, "clients", n, "group", s.group, "port", s.cfg.DataPort)
+	s.emit(Event{Kind: EventStarted, Message: reason})
+	for _, c := range clients {
+		c.send(s, &protocol.Start{Clients: uint16(min(n, 0xffff)), Rate: uint64(rate)})
+	}
+	return nil
+}
+
+// activeLocked lists clients that still take part. s.mu must be held.
+func (s *Server) activeLocked() []*client {
+	var out []*client
+	for _, c := range s.clients {
+		if c.state == ClientJoined || c.state == ClientReceiving || c.state == ClientVerifying {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// closeClients sends Close to every client still connected and closes
+// the connections.
+func (s *Server) closeClients(code uint8, reason string) {
+	s.mu.Lock()
+	clients := append([]*client(nil), s.clients...)
+	s.mu.Unlock()
+	for _, c := range clients {
+		c.close(s, code, reason)
+	}
+}
+
+// failActive marks every client without a result as failed.
+func (s *Server) failActive(reason string) {
+	s.mu.Lock()
+	var failed []*client
+	for _, c := range s.activeLocked() {
+		c.fail(reason)
+		failed = append(failed, c)
+	}
+	s.mu.Unlock()
+	for _, c := range failed {
+		s.emit(Event{Kind: EventFailed, Client: c.info(), Message: reason})
+	}
+}
+
+// Status is a snapshot of the session for displays and the status API.
+type Status struct {
+	Session    string
+	State      State
+	Group      netip.Addr
+	ImageBytes int64
+	WireBytes  int64
+	Started    time.Time
+	Counters   Counters
+	Clients    []ClientInfo
+}
+
+// Status returns a snapshot of the session.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{
+		Session: s.cfg.Session, State: s.state, Group: s.group,
+		ImageBytes: s.manifest.ImageSize, WireBytes: s.manifest.WireBytes(),
+		Started: s.started, Counters: s.counters,
+	}
+	for _, c := range s.clients {
+		st.Clients = append(st.Clients, c.info())
+	}
+	return st
+}
+
+// summary builds the final report.
+func (s *Server) summary() *Summary {
+	st := s.Status()
+	sum := &Summary{
+		Session: s.cfg.Session, Image: s.cfg.ImageName, ImageBytes: s.manifest.ImageSize,
+		ImageSHA256: s.manifest.ImageSHA256, Started: st.Started, Counters: st.Counters,
+	}
+	s.mu.Lock()
+	sum.Finished = s.finished
+	s.mu.Unlock()
+	for _, c := range st.Clients {
+		if c.State == ClientLeft {
+			continue
+		}
+		sum.Clients = append(sum.Clients, c)
+	}
+	sort.SliceStable(sum.Clients, func(i, j int) bool { return sum.Clients[i].ID < sum.Clients[j].ID })
+	return sum
+}
+
+func (s *Server) emit(ev Event) {
+	ev.Time = time.Now()
+	if s.cfg.OnEvent != nil {
+		s.cfg.OnEvent(ev)
+	}
+}
+
+// ErrNoClients means the session ended without any client.
+var ErrNoClients = errors.New("no clients")
