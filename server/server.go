@@ -251,12 +251,12 @@ func (s *Server) waitForStart(ctx context.Context) error {
 	afterJoin := time.NewTimer(time.Hour)
 	afterJoin.Stop()
 	defer afterJoin.Stop()
-	wanted := false // a criterion other than the client count fired
+	reason := "" // why a criterion other than the client count fired
 	for {
 		n := s.joinedCount()
 		switch {
-		case n > 0 && wanted:
-			return s.begin("started", n)
+		case n > 0 && reason != "":
+			return s.begin(reason, n)
 		case s.cfg.MinClients > 0 && n >= s.cfg.MinClients:
 			return s.begin(fmt.Sprintf("%d clients joined", n), n)
 		}
@@ -269,19 +269,19 @@ func (s *Server) waitForStart(ctx context.Context) error {
 			}
 		case <-afterJoin.C:
 			if s.joinedCount() > 0 {
-				s.log.Info("start criterion met", "reason", fmt.Sprintf("%s after the last join", s.cfg.WaitAfterJoin))
-				wanted = true
+				reason = fmt.Sprintf("%s after the last join", s.cfg.WaitAfterJoin)
 			}
 		case <-startAt:
-			s.log.Info("start criterion met", "reason", "start time reached")
-			wanted = true
+			reason = "start time " + s.cfg.StartAt.Format("15:04:05") + " reached"
+			if s.joinedCount() == 0 {
+				s.log.Warn("start time reached but no client has joined; starting when the first one does")
+			}
 		case <-s.startNow:
 			if s.joinedCount() == 0 {
 				s.log.Warn("send now ignored: no client has joined yet")
 				continue
 			}
-			s.log.Info("start criterion met", "reason", "operator said send now")
-			wanted = true
+			reason = "operator said send now"
 		}
 	}
 }

@@ -37,7 +37,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		mtu        = fs.Int("mtu", server.DefaultMTU, "path MTU; sets the data packet size (9000 for jumbo frames)")
 		minClients = fs.Int("min-clients", 0, "start when this many clients have joined")
 		waitJoin   = fs.Duration("wait-after-join", 0, "start this long after the last client joined (restarts at every join)")
-		startAt    = fs.String("start-at", "", "start at this time of day, HH:MM")
+		startAt    = fs.String("start-at", "", "start at this time of day, HH:MM or HH:MM:SS")
 		timeout    = fs.Duration("client-timeout", 8*time.Second, "drop a client silent this long")
 		slow       = fs.String("slow", string(server.SlowWait), "policy for a client that cannot keep up: wait (it sets the pace) or drop")
 		slowAfter  = fs.Duration("slow-after", 30*time.Second, "with --slow=drop: drop a client that held the sender back this long")

@@ -47,14 +47,17 @@ func FormatRate(bps float64) string {
 	}
 }
 
-// NextClock returns the next time after now whose clock reads hh:mm
-// (local time).
-func NextClock(hhmm string, now time.Time) (time.Time, error) {
-	t, err := time.ParseInLocation("15:04", hhmm, now.Location())
+// NextClock returns the next time after now whose clock reads hh:mm or
+// hh:mm:ss (local time).
+func NextClock(clock string, now time.Time) (time.Time, error) {
+	t, err := time.ParseInLocation("15:04", clock, now.Location())
 	if err != nil {
-		return time.Time{}, fmt.Errorf("start time %q: want HH:MM (24-hour clock)", hhmm)
+		t, err = time.ParseInLocation("15:04:05", clock, now.Location())
 	}
-	at := time.Date(now.Year(), now.Month(), now.Day(), t.Hour(), t.Minute(), 0, 0, now.Location())
+	if err != nil {
+		return time.Time{}, fmt.Errorf("start time %q: want HH:MM or HH:MM:SS (24-hour clock)", clock)
+	}
+	at := time.Date(now.Year(), now.Month(), now.Day(), t.Hour(), t.Minute(), t.Second(), 0, now.Location())
 	if !at.After(now) {
 		at = at.AddDate(0, 0, 1)
 	}

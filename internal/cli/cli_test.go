@@ -39,6 +39,7 @@ func TestNextClock(t *testing.T) {
 		{"15:00", time.Date(2026, 11, 25, 15, 0, 0, 0, time.Local)},
 		{"14:30", time.Date(2026, 11, 26, 14, 30, 0, 0, time.Local)},
 		{"08:05", time.Date(2026, 11, 26, 8, 5, 0, 0, time.Local)},
+		{"14:30:07", time.Date(2026, 11, 25, 14, 30, 7, 0, time.Local)},
 	}
 	for _, tt := range tests {
 		got, err := NextClock(tt.in, now)
