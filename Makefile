@@ -47,3 +47,9 @@ clean-lab:
 
 clean:
 	rm -rf $(BUILD)
+
+# The main job for a newcomer: build everything and image machines in the
+# virtual lab, showing the server's live view and the per-client table.
+.PHONY: demo
+demo: deps build
+	$(GO) run ./qemu/demo

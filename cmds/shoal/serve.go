@@ -42,7 +42,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		slow       = fs.String("slow", string(server.SlowWait), "policy for a client that cannot keep up: wait (it sets the pace) or drop")
 		slowAfter  = fs.Duration("slow-after", 30*time.Second, "with --slow=drop: drop a client that held the sender back this long")
 		chunkSize  = fs.Int("chunk-size", imaging.DefaultChunkSize, "chunk size for raw images, in bytes")
-		verbose    = fs.Bool("v", false, "log debug detail")
+		logLevel   = fs.String("log-level", "", "log level: debug, info, warn or error (default: warn on a terminal, info otherwise)")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: shoal serve --session NAME --image FILE [flags]\n\n"+
@@ -63,9 +63,9 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		fs.Usage()
 		return fmt.Errorf("%w: --session and --image are required", errUsage)
 	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
+	level, err := logLevelFor(*logLevel, stderr)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
@@ -75,7 +75,6 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		MinClients: *minClients, WaitAfterJoin: *waitJoin, ClientTimeout: *timeout,
 		Slow: server.SlowPolicy(*slow), SlowAfter: *slowAfter, Logger: log,
 	}
-	var err error
 	if cfg.MaxRate, err = cli.ParseRate(*maxRate); err != nil {
 		return fmt.Errorf("%w: --max-rate: %v", errUsage, err)
 	}
@@ -281,4 +280,20 @@ func progressLine(st server.Status, rate float64) string {
 	}
 	return fmt.Sprintf("progress %5.1f%% (slowest client)  %s  %s sent  %d repairs  clients: %d active, %d done, %d failed",
 		pct, cli.FormatRate(rate), imaging.HumanBytes(int64(st.Counters.PayloadBytes)), st.Counters.RepairPackets, receiving, done, failed)
+}
+
+// logLevelFor parses --log-level; by default a terminal gets warnings only
+// (the event lines tell the story) and a log file gets everything from info.
+func logLevelFor(name string, stderr io.Writer) (slog.Level, error) {
+	if name == "" {
+		if f, ok := stderr.(*os.File); ok && cli.IsTerminal(f) {
+			return slog.LevelWarn, nil
+		}
+		return slog.LevelInfo, nil
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(name)); err != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", name)
+	}
+	return l, nil
 }

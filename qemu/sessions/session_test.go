@@ -21,11 +21,14 @@ func TestThreeClients(t *testing.T) {
 	loopExact := loopDevice(t, 64*mib, 0)
 	loopBig := loopDevice(t, 80*mib, 0xaa)
 
-	srv := start(t, hosts["srv"], "server", "shoal", "serve", "--session", "lab1", "--image", img, "--min-clients", "3")
+	// Flags an operator would set: interface, data port, control port,
+	// TTL; one client asks the server directly instead of broadcasting.
+	srv := start(t, hosts["srv"], "server", "shoal", "serve", "--session", "lab1", "--image", img, "--min-clients", "3",
+		"--interface", "eth0", "--port", "9999", "--control-port", "9998", "--ttl", "2")
 	srv.waitLine(t, `waiting for clients`, 30*time.Second)
 	clients := []*proc{
-		start(t, hosts["c1"], "c1", "shoal-client", "--session", "lab1", "--disk", file),
-		start(t, hosts["c2"], "c2", "shoal-client", "--session", "lab1", "--disk", loopExact),
+		start(t, hosts["c1"], "c1", "shoal-client", "--session", "lab1", "--disk", file, "--interface", "eth0"),
+		start(t, hosts["c2"], "c2", "shoal-client", "--session", "lab1", "--disk", loopExact, "--server", hosts["srv"].Addr.String()),
 		start(t, hosts["c3"], "c3", "shoal-client", "--session", "lab1", "--disk", loopBig),
 	}
 	if code := srv.wait(t, 2*time.Minute); code != 0 {
@@ -148,7 +151,8 @@ func TestTwoSessions(t *testing.T) {
 	imgB, sumB := randomImage(t, 24*mib, 5)
 	dir := t.TempDir()
 	srvA := start(t, hosts["s1"], "server-alpha", "shoal", "serve", "--session", "alpha", "--image", imgA, "--min-clients", "2", "--group", "239.9.9.9")
-	srvB := start(t, hosts["s2"], "server-beta", "shoal", "serve", "--session", "beta", "--image", imgB, "--min-clients", "1", "--group", "239.9.9.9")
+	srvB := start(t, hosts["s2"], "server-beta", "shoal", "serve", "--session", "beta", "--image", imgB, "--min-clients", "1", "--group", "239.9.9.9",
+		"--mtu", "1400")
 	srvA.waitLine(t, `waiting for clients`, 30*time.Second)
 	srvB.waitLine(t, `waiting for clients`, 30*time.Second)
 	want := map[string][32]byte{"a1": sumA, "a2": sumA, "b1": sumB}
