@@ -24,6 +24,7 @@ import (
 	"github.com/shoal-lab/shoal/client"
 	"github.com/shoal-lab/shoal/imaging"
 	"github.com/shoal-lab/shoal/internal/cli"
+	"github.com/shoal-lab/shoal/internal/prof"
 )
 
 func main() {
@@ -77,7 +78,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	disp := newDisplay(stderr)
 	cfg.Status = disp.show
 
+	stopProfile := prof.StartFromEnv()
 	res, err := client.Run(ctx, cfg)
+	stopProfile()
 	disp.end()
 	if err != nil {
 		fmt.Fprintf(stdout, "RESULT: FAILED: %v\n", err)

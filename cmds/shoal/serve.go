@@ -17,6 +17,7 @@ import (
 
 	"github.com/shoal-lab/shoal/imaging"
 	"github.com/shoal-lab/shoal/internal/cli"
+	"github.com/shoal-lab/shoal/internal/prof"
 	"github.com/shoal-lab/shoal/protocol"
 	"github.com/shoal-lab/shoal/server"
 )
@@ -132,7 +133,9 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		defer wg.Done()
 		showProgress(progressCtx, srv, stderr, out)
 	}()
+	stopProfile := prof.StartFromEnv()
 	sum, runErr := srv.Run(ctx)
+	stopProfile()
 	stopProgress()
 	wg.Wait()
 	out.endLine()

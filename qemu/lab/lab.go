@@ -231,7 +231,7 @@ func (l *Lab) setupHost(h *Host, peer string) (peerMade bool, err error) {
 		return true, fmt.Errorf("attach veth to bridge: %w", err)
 	}
 	script := "link set lo up\n" +
-		"addr add " + h.Prefix.String() + " dev " + h.Iface + "\n" +
+		"addr add " + h.Prefix.String() + " brd + dev " + h.Iface + "\n" +
 		"link set " + h.Iface + " up\n" +
 		"route add 224.0.0.0/4 dev " + h.Iface + "\n" +
 		"route add default dev " + h.Iface + "\n"
