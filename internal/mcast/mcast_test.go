@@ -27,14 +27,14 @@ func TestPickUnknownInterface(t *testing.T) {
 	if err == nil {
 		t.Fatal("picked an interface that does not exist")
 	}
+	if errors.Is(err, ErrNoInterface) {
+		t.Errorf("a missing interface is reported as ErrNoInterface: %v", err)
+	}
 	if got := err.Error(); got == "" || !strings.Contains(got, "no-such-if0") {
 		t.Errorf("error %q does not name the interface", got)
 	}
 	// Loopback has an IPv4 address, so it can be picked by name.
 	if i, err := Pick("lo"); err != nil || !i.Addr.Addr().IsLoopback() {
 		t.Errorf("Pick(lo) = %v, %v", i, err)
-	}
-	if errors.Is(err, ErrNoInterface) {
-		t.Errorf("a missing interface is not ErrNoInterface")
 	}
 }
