@@ -31,6 +31,9 @@ type Config struct {
 	// Interface to use; empty picks the default route's interface, or the
 	// only configured one.
 	Interface string
+	// Key, if set, is the session's key: the client then accepts only
+	// packets sealed with it, and refuses servers without it.
+	Key *protocol.Key
 	// DiscoveryPort is the server's discovery port (protocol.DiscoveryPort).
 	DiscoveryPort int
 	// DiscoveryTTL is the TTL of multicast discovery packets (1).
@@ -97,6 +100,8 @@ type Result struct {
 type Stats struct {
 	Received   uint64 // data packets taken, first copies
 	Duplicates uint64 // data packets we already had
+	Forged     uint64 // packets whose seal did not verify (keyed sessions)
+	Replayed   uint64 // sealed packets seen before (keyed sessions)
 	Lost       uint64 // fragments asked for again
 	Nacks      uint64 // NACK messages sent
 	BadPackets uint64 // packets with a bad checksum or malformed body

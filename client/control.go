@@ -26,17 +26,19 @@ const dataRecvBuffer = 32 << 20
 
 // control is the client's end of the TCP control connection.
 type control struct {
-	conn    net.Conn
-	r       *bufio.Reader
-	session uint64
-	mu      sync.Mutex // serializes writes
+	conn     net.Conn
+	r        *bufio.Reader
+	session  uint64
+	toServer *protocol.Seal // nil without a key
+	toClient *protocol.Seal
+	mu       sync.Mutex // serializes writes
 }
 
 func (c *control) send(m protocol.Message) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.conn.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
-	if err := protocol.WriteMessage(c.conn, c.session, m); err != nil {
+	if err := protocol.WriteMessage(c.conn, c.session, c.toServer, m); err != nil {
 		return fmt.Errorf("send %s to server: %w", m.Type(), err)
 	}
 	return nil
@@ -45,7 +47,7 @@ func (c *control) send(m protocol.Message) error {
 // recv reads the server's next message. Once joined, messages of another
 // session are an error.
 func (c *control) recv() (protocol.Header, protocol.Message, error) {
-	h, m, err := protocol.ReadMessage(c.r, maxControlBody)
+	h, m, err := protocol.ReadMessage(c.r, maxControlBody, c.toClient)
 	if err != nil {
 		return h, nil, err
 	}
@@ -64,6 +66,7 @@ type session struct {
 	manifest *imaging.Manifest
 	target   *imaging.Target
 	server   found
+	dataSeal *protocol.Seal // nil without a key
 }
 
 // join connects to the server, asks to join and receives the manifest.
@@ -81,7 +84,21 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	}()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
-	ctl := &control{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	ctl := &control{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), session: srv.offer.SessionID}
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, m, err := ctl.recv()
+	if err != nil {
+		return nil, fmt.Errorf("join %q at %s: %w", cfg.Session, srv.control, err)
+	}
+	ch, isChallenge := m.(*protocol.Challenge)
+	if !isChallenge {
+		return nil, fmt.Errorf("join %q: the server opened with %s, not a challenge", cfg.Session, m.Type())
+	}
+	var keys *protocol.SessionKeys
+	if cfg.Key != nil {
+		keys = cfg.Key.Session(cfg.Session, srv.offer.SessionID, srv.offer.Encrypted)
+		ctl.toClient, ctl.toServer = keys.Conn(ch.Nonce)
+	}
 	j := &protocol.Join{
 		Name: cfg.Session, MAC: ifi.MAC, Hostname: hostname(), Disk: cfg.Disk,
 		DiskSize: uint64(target.Size()), BufferChunks: uint32(cfg.BufferChunks),
@@ -90,9 +107,22 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 		return nil, fmt.Errorf("join %q: %w", cfg.Session, err)
 	}
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	h, m, err := ctl.recv()
+	b, err := protocol.ReadPacket(ctl.r, maxControlBody)
 	if err != nil {
 		return nil, fmt.Errorf("join %q: no answer from %s: %w", cfg.Session, srv.control, err)
+	}
+	// A refusal about keys comes unsealed: the two sides have no common key.
+	if _, m, err := protocol.Parse(b); err == nil {
+		if r, ok := m.(*protocol.Refuse); ok && r.Code == protocol.RefuseKey {
+			return nil, &RefusedError{Code: r.Code, Reason: r.Reason}
+		}
+	}
+	h, m, err := ctl.toClient.OpenMessage(b)
+	if err != nil {
+		return nil, fmt.Errorf("join %q: answer from %s: %w", cfg.Session, srv.control, err)
+	}
+	if h.Session != srv.offer.SessionID {
+		return nil, fmt.Errorf("join %q: answer for session %x, offered %x", cfg.Session, h.Session, srv.offer.SessionID)
 	}
 	var acc *protocol.Accept
 	switch a := m.(type) {
@@ -100,7 +130,6 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 		return nil, &RefusedError{Code: a.Code, Reason: a.Reason}
 	case *protocol.Accept:
 		acc = a
-		ctl.session = h.Session
 	default:
 		return nil, fmt.Errorf("join %q: server answered with %s", cfg.Session, m.Type())
 	}
@@ -133,7 +162,11 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	ok = true
 	cfg.Logger.Info("joined", "session", cfg.Session, "server", srv.control, "client_id", acc.ClientID,
 		"group", acc.Group, "port", acc.DataPort, "image_bytes", manifest.ImageSize, "chunks", len(manifest.Chunks))
-	return &session{cfg: cfg, ctl: ctl, data: data, accept: *acc, manifest: manifest, target: target, server: srv}, nil
+	s := &session{cfg: cfg, ctl: ctl, data: data, accept: *acc, manifest: manifest, target: target, server: srv}
+	if keys != nil {
+		s.dataSeal = keys.Data()
+	}
+	return s, nil
 }
 
 func (s *session) close() {

@@ -58,7 +58,11 @@ func discover(ctx context.Context, cfg *Config, ifi mcast.Interface, board *stat
 	var nonceBytes [8]byte
 	rand.Read(nonceBytes[:])
 	nonce := binary.BigEndian.Uint64(nonceBytes[:])
-	pkt := protocol.Marshal(0, 0, &protocol.Discover{Nonce: nonce, Name: cfg.Session, MAC: ifi.MAC})
+	var seal *protocol.Seal
+	if cfg.Key != nil {
+		seal = cfg.Key.DiscoverySeal(cfg.Session)
+	}
+	pkt := seal.Marshal(0, 0, &protocol.Discover{Nonce: nonce, Name: cfg.Session, MAC: ifi.MAC})
 
 	heard := map[string]string{} // other sessions heard: name → server
 	start := time.Now()
@@ -85,7 +89,9 @@ func discover(ctx context.Context, cfg *Config, ifi mcast.Interface, board *stat
 				}
 				return found{}, fmt.Errorf("discover session %q: %w", cfg.Session, err)
 			}
-			_, m, err := protocol.Parse(buf[:n])
+			// A NotServed hint is never sealed; an Offer must be when we
+			// have a key.
+			_, m, err := protocol.Unverified(buf[:n])
 			if err != nil {
 				cfg.Logger.Debug("ignoring bad discovery answer", "from", from, "err", err)
 				continue
@@ -93,6 +99,15 @@ func discover(ctx context.Context, cfg *Config, ifi mcast.Interface, board *stat
 			switch a := m.(type) {
 			case *protocol.Offer:
 				if a.Nonce != nonce || a.Name != cfg.Session {
+					continue
+				}
+				if _, _, err := seal.Open(buf[:n]); err != nil {
+					msg := fmt.Sprintf("ignoring the offer of %s for session %q: %v", from.Addr(), cfg.Session, offerError(err))
+					board.update(func(s *Status) { s.Message = msg })
+					if time.Since(lastComplaint) >= complainEvery {
+						cfg.Logger.Warn(msg)
+						lastComplaint = time.Now()
+					}
 					continue
 				}
 				if a.Sending {
@@ -107,9 +122,20 @@ func discover(ctx context.Context, cfg *Config, ifi mcast.Interface, board *stat
 				cfg.Logger.Info("server answers", "session", a.Name, "server", from.Addr(), "image_bytes", a.ImageSize, "clients", a.Clients)
 				return found{offer: *a, control: netip.AddrPortFrom(from.Addr().Unmap(), a.ControlPort)}, nil
 			case *protocol.NotServed:
-				if a.Nonce == nonce {
-					heard[a.Served] = from.Addr().Unmap().String()
+				if a.Nonce != nonce {
+					continue
 				}
+				if a.Served == cfg.Session && a.Reason != "" {
+					// Our session, but the server would not offer it.
+					msg := fmt.Sprintf("server %s serves session %q but refuses this client: %s", from.Addr(), cfg.Session, a.Reason)
+					board.update(func(s *Status) { s.Message = msg })
+					if time.Since(lastComplaint) >= complainEvery {
+						cfg.Logger.Warn(msg)
+						lastComplaint = time.Now()
+					}
+					continue
+				}
+				heard[a.Served] = from.Addr().Unmap().String()
 			}
 		}
 		if time.Since(lastComplaint) >= complainEvery {
@@ -136,4 +162,17 @@ func noAnswerMessage(session, how string, waited time.Duration, heard map[string
 		b.WriteString("; is the server running, and is the session name right?")
 	}
 	return b.String()
+}
+
+// offerError explains why an offer was not accepted.
+func offerError(err error) string {
+	switch {
+	case errors.Is(err, protocol.ErrUnsealed):
+		return "the server has no key but this client has one (start the server with the same --key-file)"
+	case errors.Is(err, protocol.ErrSealed):
+		return "the server uses a key and this client has none (give --key-file, or shoal.key= at boot)"
+	case errors.Is(err, protocol.ErrForged):
+		return "its key is not this client's key"
+	}
+	return err.Error()
 }

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -253,12 +254,24 @@ func (r *receiver) serverSaid(ev serverEvent) error {
 
 // handle takes one packet; it reports whether it came from our session.
 func (r *receiver) handle(pkt []byte, now time.Time) bool {
-	h, body, err := protocol.ParseHeader(pkt)
-	if err != nil {
-		r.stats.BadPackets++
+	// Another session's packets (same group and port) are told apart by
+	// the session ID before any cryptography is spent on them.
+	if len(pkt) >= protocol.HeaderSize && binary.BigEndian.Uint64(pkt[8:]) != r.s.ctl.session {
+		r.stats.Foreign++
 		return false
 	}
-	if h.Session != r.s.ctl.session {
+	h, body, err := r.s.dataSeal.Open(pkt)
+	switch {
+	case errors.Is(err, protocol.ErrForged) || errors.Is(err, protocol.ErrUnsealed) || errors.Is(err, protocol.ErrSealed):
+		r.stats.Forged++
+		return false
+	case errors.Is(err, protocol.ErrReplayed):
+		r.stats.Replayed++
+		return false
+	case err != nil:
+		r.stats.BadPackets++
+		return false
+	case h.Session != r.s.ctl.session:
 		r.stats.Foreign++
 		return false
 	}

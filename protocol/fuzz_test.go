@@ -78,7 +78,7 @@ func FuzzReadMessage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)
 		for i := 0; i < 64; i++ {
-			if _, _, err := ReadMessage(r, 1<<16); err != nil {
+			if _, _, err := ReadMessage(r, 1<<16, nil); err != nil {
 				return
 			}
 		}

@@ -20,10 +20,12 @@ type Discover struct {
 type Offer struct {
 	Nonce       uint64
 	Name        string
+	SessionID   uint64 // the session's random ID; with a key, its keys derive from it
 	ControlPort uint16
 	ImageSize   uint64
 	Sending     bool   // the session has started; late joins are refused
 	Clients     uint16 // clients joined so far
+	Encrypted   bool   // the session's data is encrypted (keyed sessions)
 }
 
 // NotServed answers a Discover for another session name, so a client can
@@ -31,6 +33,14 @@ type Offer struct {
 type NotServed struct {
 	Nonce  uint64
 	Served string // the session this server serves
+	Reason string // why it did not answer with an offer, for people
+}
+
+// Challenge is the server's first message on a control connection: with a
+// key, the connection's keys are bound to its nonce, so a recorded
+// connection cannot be replayed.
+type Challenge struct {
+	Nonce [16]byte
 }
 
 // Join is a client's first message on the control connection.
@@ -64,6 +74,7 @@ const (
 	RefuseDiskTooSmall uint8 = 2
 	RefuseSending      uint8 = 3
 	RefuseFull         uint8 = 4
+	RefuseKey          uint8 = 5
 )
 
 // Refuse turns a client away; Reason is written for a person.
@@ -176,6 +187,7 @@ type Beacon struct {
 func (*Discover) Type() Type  { return TypeDiscover }
 func (*Offer) Type() Type     { return TypeOffer }
 func (*NotServed) Type() Type { return TypeNotServed }
+func (*Challenge) Type() Type { return TypeChallenge }
 func (*Join) Type() Type      { return TypeJoin }
 func (*Accept) Type() Type    { return TypeAccept }
 func (*Refuse) Type() Type    { return TypeRefuse }
@@ -208,20 +220,24 @@ func (m *Discover) decodeBody(b []byte) error {
 func (m *Offer) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.Nonce)
 	b = appendStr(b, m.Name)
+	b = binary.BigEndian.AppendUint64(b, m.SessionID)
 	b = binary.BigEndian.AppendUint16(b, m.ControlPort)
 	b = binary.BigEndian.AppendUint64(b, m.ImageSize)
 	b = appendBool(b, m.Sending)
-	return binary.BigEndian.AppendUint16(b, m.Clients)
+	b = binary.BigEndian.AppendUint16(b, m.Clients)
+	return appendBool(b, m.Encrypted)
 }
 
 func (m *Offer) decodeBody(b []byte) error {
 	r := bodyReader{b: b}
 	m.Nonce = r.u64("nonce")
 	m.Name = r.str("session name")
+	m.SessionID = r.u64("session id")
 	m.ControlPort = r.u16("control port")
 	m.ImageSize = r.u64("image size")
 	m.Sending = r.bool("sending")
 	m.Clients = r.u16("clients")
+	m.Encrypted = r.bool("encrypted")
 	if r.err == nil && m.ControlPort == 0 {
 		r.fail("control port 0")
 	}
@@ -230,13 +246,23 @@ func (m *Offer) decodeBody(b []byte) error {
 
 func (m *NotServed) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.Nonce)
-	return appendStr(b, m.Served)
+	b = appendStr(b, m.Served)
+	return appendStr(b, m.Reason)
 }
 
 func (m *NotServed) decodeBody(b []byte) error {
 	r := bodyReader{b: b}
 	m.Nonce = r.u64("nonce")
 	m.Served = r.str("served session")
+	m.Reason = r.str("reason")
+	return r.done()
+}
+
+func (m *Challenge) appendBody(b []byte) []byte { return append(b, m.Nonce[:]...) }
+
+func (m *Challenge) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	r.fixed(m.Nonce[:], "nonce")
 	return r.done()
 }
 

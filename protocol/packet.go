@@ -35,6 +35,7 @@ const (
 	TypeDiscover  Type = 1  // client → broadcast/multicast: which server serves this session?
 	TypeOffer     Type = 2  // server → client: I do, join me here
 	TypeNotServed Type = 3  // server → client: not this one; I serve another session (a hint for the operator)
+	TypeChallenge Type = 9  // server → client (TCP), first: the connection's nonce
 	TypeJoin      Type = 10 // client → server (TCP): who I am and where I write
 	TypeAccept    Type = 11 // server → client: welcome, here are the group and your ID
 	TypeRefuse    Type = 12 // server → client: refused, with a reason
@@ -56,6 +57,8 @@ func (t Type) String() string {
 		return "offer"
 	case TypeNotServed:
 		return "not-served"
+	case TypeChallenge:
+		return "challenge"
 	case TypeJoin:
 		return "join"
 	case TypeAccept:
@@ -158,21 +161,11 @@ func ParseHeader(b []byte) (Header, []byte, error) {
 	return h, b[HeaderSize:end], nil
 }
 
-// Parse decodes a whole packet into its header and a freshly allocated
-// message of the right type. Byte slices in the message alias b.
+// Parse decodes a whole unsealed packet into its header and a freshly
+// allocated message of the right type. Byte slices in the message alias b.
+// Sealed packets are refused with ErrSealed: open them with a Seal.
 func Parse(b []byte) (Header, Message, error) {
-	h, body, err := ParseHeader(b)
-	if err != nil {
-		return h, nil, err
-	}
-	m, err := NewMessage(h.Type)
-	if err != nil {
-		return h, nil, err
-	}
-	if err := m.decodeBody(body); err != nil {
-		return h, nil, fmt.Errorf("%s packet: %w", h.Type, err)
-	}
-	return h, m, nil
+	return (*Seal)(nil).OpenMessage(b)
 }
 
 // DecodeBody decodes body (as returned by ParseHeader) into m, which must
@@ -196,6 +189,8 @@ func NewMessage(t Type) (Message, error) {
 		return new(Offer), nil
 	case TypeNotServed:
 		return new(NotServed), nil
+	case TypeChallenge:
+		return new(Challenge), nil
 	case TypeJoin:
 		return new(Join), nil
 	case TypeAccept:

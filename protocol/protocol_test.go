@@ -18,9 +18,11 @@ var update = flag.Bool("update", os.Getenv("UPDATE_TESTDATA") != "", "rewrite th
 // samples holds one filled-in message of every type.
 func samples() map[string]Message {
 	return map[string]Message{
-		"discover":   &Discover{Nonce: 0x0102030405060708, Name: "lab1", MAC: []byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}},
-		"offer":      &Offer{Nonce: 7, Name: "lab1", ControlPort: 40001, ImageSize: 64 << 20, Sending: true, Clients: 3},
-		"not-served": &NotServed{Nonce: 9, Served: "lab2"},
+		"discover": &Discover{Nonce: 0x0102030405060708, Name: "lab1", MAC: []byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}},
+		"offer": &Offer{Nonce: 7, Name: "lab1", SessionID: 0x1122334455667788, ControlPort: 40001, ImageSize: 64 << 20,
+			Sending: true, Clients: 3, Encrypted: true},
+		"not-served": &NotServed{Nonce: 9, Served: "lab2", Reason: "the session needs a key"},
+		"challenge":  &Challenge{Nonce: [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}},
 		"join": &Join{Name: "lab1", MAC: []byte{0x52, 0x54, 0, 1, 2, 3}, Hostname: "pc17", Disk: "/dev/sda",
 			DiskSize: 256 << 30, BufferChunks: 64},
 		"accept": &Accept{ClientID: 3, Group: netip.MustParseAddr("239.12.34.56"), DataPort: 9941, PayloadSize: 1432,
@@ -116,13 +118,13 @@ func TestReadMessageStream(t *testing.T) {
 	var want []Message
 	for _, name := range []string{"join", "accept", "manifest", "progress", "nack", "report"} {
 		m := samples()[name]
-		if err := WriteMessage(&stream, 42, m); err != nil {
+		if err := WriteMessage(&stream, 42, nil, m); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, m)
 	}
 	for i, w := range want {
-		h, m, err := ReadMessage(&stream, 1<<20)
+		h, m, err := ReadMessage(&stream, 1<<20, nil)
 		if err != nil {
 			t.Fatalf("message %d: %v", i, err)
 		}
@@ -130,15 +132,15 @@ func TestReadMessageStream(t *testing.T) {
 			t.Fatalf("message %d = %#v, want %#v", i, m, w)
 		}
 	}
-	if _, _, err := ReadMessage(&stream, 1<<20); err != io.EOF {
+	if _, _, err := ReadMessage(&stream, 1<<20, nil); err != io.EOF {
 		t.Fatalf("at end: %v, want io.EOF", err)
 	}
 
 	big := Marshal(1, 0, &Manifest{Data: make([]byte, 5000)})
-	if _, _, err := ReadMessage(bytes.NewReader(big), 4000); !errors.Is(err, ErrLength) {
+	if _, _, err := ReadMessage(bytes.NewReader(big), 4000, nil); !errors.Is(err, ErrLength) {
 		t.Fatalf("oversized body: %v, want ErrLength", err)
 	}
-	if _, _, err := ReadMessage(bytes.NewReader(big[:100]), 1<<20); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, _, err := ReadMessage(bytes.NewReader(big[:100]), 1<<20, nil); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("cut body: %v, want io.ErrUnexpectedEOF", err)
 	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -59,12 +60,13 @@ type ClientInfo struct {
 
 // client is the server's side of one client.
 type client struct {
-	id     uint32
-	conn   net.Conn
-	addr   netip.Addr
-	join   protocol.Join
-	wmu    sync.Mutex // serializes writes to conn
-	closed bool       // guarded by wmu
+	id       uint32
+	conn     net.Conn
+	addr     netip.Addr
+	join     protocol.Join
+	toClient *protocol.Seal // nil without a key
+	wmu      sync.Mutex     // serializes writes to conn
+	closed   bool           // guarded by wmu
 
 	// guarded by Server.mu
 	state     ClientState
@@ -112,7 +114,7 @@ func (c *client) send(s *Server, m protocol.Message) {
 		return
 	}
 	c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := protocol.WriteMessage(c.conn, s.sessionID, m); err != nil {
+	if err := protocol.WriteMessage(c.conn, s.sessionID, c.toClient, m); err != nil {
 		s.log.Debug("write to client failed", "client", c.id, "type", m.Type(), "err", err)
 	}
 }
@@ -126,7 +128,7 @@ func (c *client) close(s *Server, code uint8, reason string) {
 	}
 	c.closed = true
 	c.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	protocol.WriteMessage(c.conn, s.sessionID, &protocol.Close{Code: code, Reason: reason})
+	protocol.WriteMessage(c.conn, s.sessionID, c.toClient, &protocol.Close{Code: code, Reason: reason})
 	c.conn.Close()
 }
 
@@ -155,10 +157,34 @@ func (s *Server) serveClient(ctx context.Context, conn net.Conn) {
 	defer stop()
 	peer := conn.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
 	r := bufio.NewReaderSize(conn, 16<<10)
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, m, err := protocol.ReadMessage(r, 64<<10)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	// The connection's keys are bound to a fresh nonce, so a recorded
+	// connection cannot be replayed.
+	var ch protocol.Challenge
+	rand.Read(ch.Nonce[:])
+	if err := protocol.WriteMessage(conn, s.sessionID, nil, &ch); err != nil {
+		conn.Close()
+		return
+	}
+	var toClient, toServer *protocol.Seal
+	if s.keys != nil {
+		toClient, toServer = s.keys.Conn(ch.Nonce)
+	}
+	_, m, err := protocol.ReadMessage(r, 64<<10, toServer)
 	if err != nil {
 		s.log.Warn("bad join", "from", peer, "err", err)
+		reason := ""
+		switch {
+		case errors.Is(err, protocol.ErrUnsealed):
+			reason = reasonNeedsKey
+		case errors.Is(err, protocol.ErrForged):
+			reason = reasonWrongKey
+		case errors.Is(err, protocol.ErrSealed):
+			reason = reasonNoKey
+		}
+		if reason != "" {
+			protocol.WriteMessage(conn, s.sessionID, nil, &protocol.Refuse{Code: protocol.RefuseKey, Reason: reason})
+		}
 		conn.Close()
 		return
 	}
@@ -168,20 +194,20 @@ func (s *Server) serveClient(ctx context.Context, conn net.Conn) {
 		conn.Close()
 		return
 	}
-	c, err := s.admit(conn, peer, j)
+	c, err := s.admit(conn, peer, j, toClient)
 	if err != nil {
 		var ref *refusal
 		if errors.As(err, &ref) {
 			s.log.Warn("client refused", "from", peer, "mac", net.HardwareAddr(j.MAC).String(), "reason", ref.reason)
 			conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			protocol.WriteMessage(conn, 0, &protocol.Refuse{Code: ref.code, Reason: ref.reason})
+			protocol.WriteMessage(conn, s.sessionID, toClient, &protocol.Refuse{Code: ref.code, Reason: ref.reason})
 		}
 		conn.Close()
 		return
 	}
-	conn.SetReadDeadline(time.Time{})
+	conn.SetDeadline(time.Time{})
 	for {
-		_, m, err := protocol.ReadMessage(r, protocol.MaxNackRanges*8+64)
+		_, m, err := protocol.ReadMessage(r, protocol.MaxNackRanges*8+64, toServer)
 		if err != nil {
 			s.lostClient(c, err)
 			return
@@ -198,7 +224,7 @@ type refusal struct {
 func (r *refusal) Error() string { return r.reason }
 
 // admit checks a join and adds the client, or refuses it.
-func (s *Server) admit(conn net.Conn, peer netip.Addr, j *protocol.Join) (*client, error) {
+func (s *Server) admit(conn net.Conn, peer netip.Addr, j *protocol.Join, toClient *protocol.Seal) (*client, error) {
 	size := s.manifest.ImageSize
 	if j.Name != s.cfg.Session {
 		return nil, &refusal{protocol.RefuseName, fmt.Sprintf("this server serves session %q, not %q", s.cfg.Session, j.Name)}
@@ -212,7 +238,7 @@ func (s *Server) admit(conn net.Conn, peer netip.Addr, j *protocol.Join) (*clien
 		s.mu.Unlock()
 		return nil, &refusal{protocol.RefuseSending, fmt.Sprintf("session %q is already sending; join its next round", s.cfg.Session)}
 	}
-	c := &client{id: s.nextID, conn: conn, addr: peer, join: *j, state: ClientJoined, joined: time.Now(), lastHeard: time.Now()}
+	c := &client{id: s.nextID, conn: conn, addr: peer, join: *j, toClient: toClient, state: ClientJoined, joined: time.Now(), lastHeard: time.Now()}
 	c.progress.LowWater = 0
 	s.nextID++
 	s.clients = append(s.clients, c)

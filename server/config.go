@@ -57,6 +57,11 @@ type Config struct {
 	// MTU of the path, which sets the data payload size (1500).
 	MTU int
 
+	// Key, if set, authenticates every packet of the session (and the
+	// manifest and control messages); Encrypt also encrypts them.
+	Key     *protocol.Key
+	Encrypt bool
+
 	// Start criteria: whichever comes first starts the session, once at
 	// least one client has joined. With none set, only StartNow starts it.
 	MinClients    int           // start when this many clients have joined
@@ -143,6 +148,9 @@ func (c *Config) withDefaults() (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Encrypt && cfg.Key == nil {
+		return cfg, errors.New("encryption needs a key: give --key-file")
+	}
 	if cfg.ImageName == "" {
 		cfg.ImageName = "image"
 	}
@@ -158,5 +166,9 @@ func (c *Config) withDefaults() (Config, error) {
 
 // payloadSize is the chunk bytes one data packet carries.
 func (c *Config) payloadSize() int {
-	return c.MTU - ipUDPOverhead - protocol.Overhead - protocol.DataHeaderSize
+	n := c.MTU - ipUDPOverhead - protocol.Overhead - protocol.DataHeaderSize
+	if c.Key != nil {
+		n -= protocol.SealSize
+	}
+	return n
 }

@@ -67,4 +67,3 @@ func mustRange(t *testing.T, s string) GroupRange {
 	}
 	return g
 }
-

@@ -228,7 +228,7 @@ func (snd *sender) queue(ctx context.Context, chunk, frag, frags int, wire []byt
 		Chunk: uint32(chunk), Frag: uint16(frag), FragCount: uint16(frags),
 		SendPos: uint32(snd.next), Seq: snd.seq.Add(1), Payload: wire[frag*p : end],
 	}
-	pkt := protocol.Append(snd.bufs[snd.n][:0], snd.s.sessionID, flags, &d)
+	pkt := snd.s.dataSeal.Append(snd.bufs[snd.n][:0], snd.s.sessionID, flags, &d)
 	snd.bufs[snd.n] = pkt
 	snd.msgs[snd.n].Buffers = [][]byte{pkt}
 	snd.n++
@@ -293,7 +293,7 @@ func (snd *sender) flush(ctx context.Context) error {
 func (snd *sender) beacon(state uint8) error {
 	pos := snd.next
 	b := protocol.Beacon{SendPos: uint32(pos), Seq: snd.seq.Add(1), State: state, Rate: uint64(snd.rate.current())}
-	pkt := protocol.Marshal(snd.s.sessionID, 0, &b)
+	pkt := snd.s.dataSeal.Marshal(snd.s.sessionID, 0, &b)
 	snd.lastBeacon = time.Now()
 	snd.s.mu.Lock()
 	snd.s.counters.Beacons++
@@ -316,7 +316,7 @@ func (s *Server) beaconWhileWaiting(ctx context.Context, snd *sender) {
 			return
 		}
 		b := protocol.Beacon{State: protocol.BeaconWaiting, Seq: snd.seq.Add(1)}
-		if _, err := snd.conn.WriteTo(protocol.Marshal(s.sessionID, 0, &b), snd.dest); err != nil {
+		if _, err := snd.conn.WriteTo(s.dataSeal.Marshal(s.sessionID, 0, &b), snd.dest); err != nil {
 			s.log.Debug("waiting beacon failed", "err", err)
 		}
 		select {

@@ -41,6 +41,11 @@ type Server struct {
 	ifi       mcast.Interface
 	payload   int
 
+	// Seals of a keyed session; all nil without a key.
+	discSeal *protocol.Seal
+	keys     *protocol.SessionKeys
+	dataSeal *protocol.Seal
+
 	startNow chan struct{}
 	joined   chan struct{} // a client joined (for the start criteria)
 	wake     chan struct{} // the sender has something new to look at
@@ -96,6 +101,11 @@ func New(cfg Config) (*Server, error) {
 		state:     StateWaiting,
 		nextID:    1,
 		repairs:   newRepairQueue(),
+	}
+	if c.Key != nil {
+		s.discSeal = c.Key.DiscoverySeal(c.Session)
+		s.keys = c.Key.Session(c.Session, s.sessionID, c.Encrypt)
+		s.dataSeal = s.keys.Data()
 	}
 	return s, nil
 }
@@ -211,33 +221,56 @@ func (s *Server) answerDiscovery(ctx context.Context, conn *net.UDPConn, control
 			}
 			return
 		}
-		_, m, err := protocol.Parse(buf[:n])
-		if err != nil {
-			s.log.Debug("ignoring bad discovery packet", "from", from, "err", err)
+		answer, seal := s.discoveryAnswer(buf[:n], controlPort)
+		if answer == nil {
 			continue
 		}
-		d, ok := m.(*protocol.Discover)
-		if !ok {
-			continue
-		}
-		var answer protocol.Message
-		if d.Name == s.cfg.Session {
-			s.mu.Lock()
-			answer = &protocol.Offer{
-				Nonce: d.Nonce, Name: s.cfg.Session, ControlPort: uint16(controlPort),
-				ImageSize: uint64(s.manifest.ImageSize), Sending: s.state != StateWaiting,
-				Clients: uint16(min(len(s.clients), 0xffff)),
-			}
-			s.mu.Unlock()
-		} else {
-			answer = &protocol.NotServed{Nonce: d.Nonce, Served: s.cfg.Session}
-		}
-		out = protocol.Append(out[:0], 0, 0, answer)
+		out = seal.Append(out[:0], 0, 0, answer)
 		if _, err := conn.WriteToUDPAddrPort(out, from); err != nil {
 			s.log.Debug("discovery answer failed", "to", from, "err", err)
 		}
 	}
 }
+
+// discoveryAnswer decides what to answer to one discovery packet, and with
+// which seal: an Offer for our session (sealed in a keyed session, and only
+// to a client that proved the key), a NotServed hint otherwise.
+func (s *Server) discoveryAnswer(pkt []byte, controlPort int) (protocol.Message, *protocol.Seal) {
+	h, m, err := protocol.Unverified(pkt)
+	if err != nil {
+		s.log.Debug("ignoring bad discovery packet", "err", err)
+		return nil, nil
+	}
+	d, ok := m.(*protocol.Discover)
+	if !ok {
+		return nil, nil
+	}
+	if d.Name != s.cfg.Session {
+		return &protocol.NotServed{Nonce: d.Nonce, Served: s.cfg.Session}, nil
+	}
+	if s.discSeal != nil {
+		if h.Flags&protocol.FlagAuth == 0 {
+			return &protocol.NotServed{Nonce: d.Nonce, Served: s.cfg.Session, Reason: reasonNeedsKey}, nil
+		}
+		if _, _, err := s.discSeal.Open(append([]byte(nil), pkt...)); err != nil {
+			return &protocol.NotServed{Nonce: d.Nonce, Served: s.cfg.Session, Reason: reasonWrongKey}, nil
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &protocol.Offer{
+		Nonce: d.Nonce, Name: s.cfg.Session, SessionID: s.sessionID, ControlPort: uint16(controlPort),
+		ImageSize: uint64(s.manifest.ImageSize), Sending: s.state != StateWaiting,
+		Clients: uint16(min(len(s.clients), 0xffff)), Encrypted: s.cfg.Encrypt,
+	}, s.discSeal
+}
+
+// Reasons given to clients whose key does not fit.
+const (
+	reasonNeedsKey = "the session needs a key: give the client the server's key (--key-file, or shoal.key= at boot)"
+	reasonWrongKey = "the client's key is not the server's key"
+	reasonNoKey    = "the client has a key but this session has none: start the server with --key-file, or the client without"
+)
 
 // waitForStart returns when a start criterion is met with at least one
 // client joined.

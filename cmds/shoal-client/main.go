@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-lab/shoal/imaging"
 	"github.com/shoal-lab/shoal/internal/cli"
 	"github.com/shoal-lab/shoal/internal/prof"
+	"github.com/shoal-lab/shoal/protocol"
 )
 
 func main() {
@@ -50,6 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		srvAddr = fs.String("server", "", "server address to ask directly (default: ask by broadcast and multicast)")
 		iface   = fs.String("interface", "", "network interface (default: the default route's)")
 		buffer  = fs.Int("buffer", client.DefaultBufferChunks, "chunks to buffer ahead of the disk")
+		keyFile = fs.String("key-file", "", "the session's key file (the server's --key-file)")
 		verbose = fs.Bool("v", false, "log debug detail")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -70,6 +72,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cfg.Server = a
 	}
+	if *keyFile != "" {
+		k, err := protocol.LoadKeyFile(*keyFile)
+		if err != nil {
+			return fmt.Errorf("%w: --key-file: %v", errUsage, err)
+		}
+		cfg.Key = &k
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -88,6 +97,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "RESULT: OK %s verified: %d bytes, SHA-256 %x, %s (%d packets lost and repaired)\n",
 		*disk, res.Bytes, res.SHA256, res.Elapsed.Round(10*time.Millisecond), res.Stats.Lost)
+	if st := res.Stats; st.Forged+st.Replayed+st.BadPackets+st.Foreign > 0 {
+		fmt.Fprintf(stdout, "dropped packets: %d forged, %d replayed, %d malformed, %d of other sessions\n",
+			st.Forged, st.Replayed, st.BadPackets, st.Foreign)
+	}
 	return nil
 }
 

@@ -52,6 +52,7 @@ const usage = `usage: shoal <command> [flags]
 
 commands:
   serve    serve a disk image to a named session of clients
+  key      make a key file for authenticated sessions (shoal key new FILE)
 `
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], stdin, stdout, stderr)
+	case "key":
+		return keyCmd(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

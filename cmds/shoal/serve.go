@@ -43,6 +43,8 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		slow       = fs.String("slow", string(server.SlowWait), "policy for a client that cannot keep up: wait (it sets the pace) or drop")
 		slowAfter  = fs.Duration("slow-after", 30*time.Second, "with --slow=drop: drop a client that held the sender back this long")
 		chunkSize  = fs.Int("chunk-size", imaging.DefaultChunkSize, "chunk size for raw images, in bytes")
+		keyFile    = fs.String("key-file", "", "authenticate every packet with this key (shoal key new FILE makes one); clients need the same key")
+		encrypt    = fs.Bool("encrypt", false, "with --key-file: also encrypt the image on the wire")
 		logLevel   = fs.String("log-level", "", "log level: debug, info, warn or error (default: warn on a terminal, info otherwise)")
 	)
 	fs.Usage = func() {
@@ -83,6 +85,15 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		if cfg.Groups, err = server.ParseGroupRange(*group); err != nil {
 			return fmt.Errorf("%w: --group: %v", errUsage, err)
 		}
+	}
+	if *keyFile != "" {
+		k, err := protocol.LoadKeyFile(*keyFile)
+		if err != nil {
+			return fmt.Errorf("%w: --key-file: %v", errUsage, err)
+		}
+		cfg.Key, cfg.Encrypt = &k, *encrypt
+	} else if *encrypt {
+		return fmt.Errorf("%w: --encrypt needs --key-file", errUsage)
 	}
 	if *startAt != "" {
 		if cfg.StartAt, err = cli.NextClock(*startAt, time.Now()); err != nil {

@@ -76,10 +76,16 @@ func TestJoinRefusals(t *testing.T) {
 			}
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			if err := protocol.WriteMessage(conn, 0, &tt.join); err != nil {
+			r := bufio.NewReader(conn)
+			if _, m, err := protocol.ReadMessage(r, 1<<20, nil); err != nil {
+				t.Fatal(err)
+			} else if _, ok := m.(*protocol.Challenge); !ok {
+				t.Fatalf("server opened with %s, want a challenge", m.Type())
+			}
+			if err := protocol.WriteMessage(conn, 0, nil, &tt.join); err != nil {
 				t.Fatal(err)
 			}
-			_, m, err := protocol.ReadMessage(bufio.NewReader(conn), 1<<20)
+			_, m, err := protocol.ReadMessage(r, 1<<20, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
