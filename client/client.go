@@ -7,6 +7,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -215,8 +216,27 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 	}
 	log.Info("client starting", "session", cfg.Session, "disk", cfg.Disk, "interface", ifi.String())
 
+	var resume *resumeState
 	for {
-		res, err := runOnce(ctx, &cfg, ifi, target, board)
+		res, kept, err := runOnce(ctx, &cfg, ifi, target, board, resume)
+		if errors.Is(err, ErrServerGone) && ctx.Err() == nil {
+			// Keep what is on disk and wait for the server to come back.
+			if kept != nil {
+				resume = kept
+			}
+			msg := fmt.Sprintf("%v; waiting for the server to come back (will resume", err)
+			if resume != nil {
+				msg += fmt.Sprintf(" with %d of %d chunks already on disk)", resume.count(), len(resume.written))
+			} else {
+				msg += ")"
+			}
+			log.Warn(msg)
+			board.update(func(s *Status) { s.Phase, s.Message = PhaseDiscovering, msg })
+			if err := sleepCtx(ctx, time.Second); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		var refused *RefusedError
 		if errors.As(err, &refused) && refused.Code == protocol.RefuseSending {
 			log.Warn("session already sending; waiting for the next round", "reason", refused.Reason)
@@ -235,11 +255,13 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 	}
 }
 
-// runOnce discovers, joins and runs one session.
-func runOnce(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging.Target, board *statusBoard) (*Result, error) {
+// runOnce discovers, joins and runs one session, resuming from what an
+// earlier session left on disk. When the server goes away it returns what
+// is on disk now, for the next try.
+func runOnce(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging.Target, board *statusBoard, resume *resumeState) (*Result, *resumeState, error) {
 	found, err := discover(ctx, cfg, ifi, board)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	board.update(func(s *Status) {
 		s.Phase, s.Server, s.ImageBytes = PhaseJoining, found.control.String(), int64(found.offer.ImageSize)
@@ -247,14 +269,49 @@ func runOnce(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imag
 	})
 	// Refuse early, before talking further, when the disk is too small.
 	if err := target.CheckFits(int64(found.offer.ImageSize)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	sess, err := join(ctx, cfg, ifi, target, found)
+	sess, err := join(ctx, cfg, ifi, target, found, resume)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer sess.close()
-	return sess.run(ctx, board)
+	res, err := sess.run(ctx, board)
+	return res, sess.kept, err
+}
+
+// resumeState is what a client keeps of a session whose server went away:
+// which chunks of which image are written and verified.
+type resumeState struct {
+	imageSHA256 [32]byte
+	written     []bool
+}
+
+func (r *resumeState) count() int {
+	n := 0
+	for _, w := range r.written {
+		if w {
+			n++
+		}
+	}
+	return n
+}
+
+// ranges lists the written chunks as ranges for Join.Have.
+func (r *resumeState) ranges() []protocol.ChunkRange {
+	var out []protocol.ChunkRange
+	for i := 0; i < len(r.written); {
+		if !r.written[i] {
+			i++
+			continue
+		}
+		start := i
+		for i < len(r.written) && r.written[i] {
+			i++
+		}
+		out = append(out, protocol.ChunkRange{First: uint32(start), Count: uint32(i - start)})
+	}
+	return out
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

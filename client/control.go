@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -67,10 +68,12 @@ type session struct {
 	target   *imaging.Target
 	server   found
 	dataSeal *protocol.Seal // nil without a key
+	resumed  *resumeState   // what an earlier session left on disk, or nil
+	kept     *resumeState   // what is on disk when the server went away
 }
 
 // join connects to the server, asks to join and receives the manifest.
-func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging.Target, srv found) (*session, error) {
+func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging.Target, srv found, resume *resumeState) (*session, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp4", srv.control.String())
 	if err != nil {
@@ -102,6 +105,9 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	j := &protocol.Join{
 		Name: cfg.Session, MAC: ifi.MAC, Hostname: hostname(), Disk: cfg.Disk,
 		DiskSize: uint64(target.Size()), BufferChunks: uint32(cfg.BufferChunks),
+	}
+	if resume != nil {
+		j.ImageSHA256, j.Have = resume.imageSHA256, resume.ranges()
 	}
 	if err := ctl.send(j); err != nil {
 		return nil, fmt.Errorf("join %q: %w", cfg.Session, err)
@@ -148,6 +154,10 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	if err := target.CheckFits(manifest.ImageSize); err != nil {
 		return nil, err
 	}
+	if resume != nil && (resume.imageSHA256 != manifest.ImageSHA256 || len(resume.written) != len(manifest.Chunks)) {
+		cfg.Logger.Warn("the server now serves another image; starting over", "session", cfg.Session)
+		resume = nil
+	}
 	payload := int(acc.PayloadSize)
 	for i, c := range manifest.Chunks {
 		if (int(c.WireSize)+payload-1)/payload > 0xffff {
@@ -162,7 +172,7 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	ok = true
 	cfg.Logger.Info("joined", "session", cfg.Session, "server", srv.control, "client_id", acc.ClientID,
 		"group", acc.Group, "port", acc.DataPort, "image_bytes", manifest.ImageSize, "chunks", len(manifest.Chunks))
-	s := &session{cfg: cfg, ctl: ctl, data: data, accept: *acc, manifest: manifest, target: target, server: srv}
+	s := &session{cfg: cfg, ctl: ctl, data: data, accept: *acc, manifest: manifest, target: target, server: srv, resumed: resume}
 	if keys != nil {
 		s.dataSeal = keys.Data()
 	}
@@ -234,6 +244,10 @@ func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) 
 	go s.readControl(events)
 
 	rcv := newReceiver(s, log)
+	if s.resumed != nil {
+		rcv.resume(s.resumed.written)
+		log.Info("resuming", "chunks_on_disk", s.resumed.count(), "chunks", len(m.Chunks))
+	}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	defer stopHB()
 	poke := make(chan struct{}, 1)
@@ -244,6 +258,9 @@ func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) 
 	board.start = start
 	err := rcv.run(ctx, events, hbFailed, poke, board)
 	res.Stats = rcv.statsSnapshot()
+	if errors.Is(err, ErrServerGone) {
+		s.kept = &resumeState{imageSHA256: m.ImageSHA256, written: rcv.writtenChunks()}
+	}
 	if err != nil {
 		stopHB()
 		s.ctl.send(&protocol.Report{Error: err.Error(), BadChunk: protocol.NoChunk, ElapsedMillis: uint64(time.Since(start).Milliseconds())})

@@ -116,6 +116,31 @@ func newReceiver(s *session, log *slog.Logger) *receiver {
 	}
 }
 
+// resume marks chunks an earlier session already wrote and verified.
+func (r *receiver) resume(written []bool) {
+	for i, w := range written {
+		if w && i < len(r.chunks) {
+			r.chunks[i].state = chunkWritten
+			r.written++
+			_, n := r.m.ChunkRange(i)
+			r.bytes += int64(n)
+		}
+	}
+	for r.lowWater < len(r.chunks) && r.chunks[r.lowWater].state == chunkWritten {
+		r.lowWater++
+	}
+	r.admitted = r.lowWater
+}
+
+// writtenChunks reports which chunks are on disk and verified.
+func (r *receiver) writtenChunks() []bool {
+	out := make([]bool, len(r.chunks))
+	for i, c := range r.chunks {
+		out[i] = c.state == chunkWritten
+	}
+	return out
+}
+
 func (r *receiver) progress() protocol.Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()

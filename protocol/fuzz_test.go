@@ -59,6 +59,9 @@ func normalize(m Message) Message {
 		if len(v.MAC) == 0 {
 			v.MAC = nil
 		}
+		if len(v.Have) == 0 {
+			v.Have = nil
+		}
 	case *Nack:
 		if len(v.Ranges) == 0 {
 			v.Ranges = nil

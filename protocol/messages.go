@@ -53,7 +53,19 @@ type Join struct {
 	// BufferChunks is how many chunks the client can hold that are received
 	// but not yet written; the sender never runs further ahead of it.
 	BufferChunks uint32
+	// Resuming a session the server lost: the image the client was
+	// receiving, and the chunks it has already written and verified.
+	ImageSHA256 [32]byte
+	Have        []ChunkRange
 }
+
+// ChunkRange is Count consecutive chunks from First.
+type ChunkRange struct {
+	First, Count uint32
+}
+
+// MaxHaveRanges bounds Join.Have.
+const MaxHaveRanges = 1 << 16
 
 // Accept admits a client to the session.
 type Accept struct {
@@ -272,7 +284,18 @@ func (m *Join) appendBody(b []byte) []byte {
 	b = appendStr(b, m.Hostname)
 	b = appendStr(b, m.Disk)
 	b = binary.BigEndian.AppendUint64(b, m.DiskSize)
-	return binary.BigEndian.AppendUint32(b, m.BufferChunks)
+	b = binary.BigEndian.AppendUint32(b, m.BufferChunks)
+	b = append(b, m.ImageSHA256[:]...)
+	have := m.Have
+	if len(have) > MaxHaveRanges {
+		have = have[:MaxHaveRanges]
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(have)))
+	for _, h := range have {
+		b = binary.BigEndian.AppendUint32(b, h.First)
+		b = binary.BigEndian.AppendUint32(b, h.Count)
+	}
+	return b
 }
 
 func (m *Join) decodeBody(b []byte) error {
@@ -285,6 +308,22 @@ func (m *Join) decodeBody(b []byte) error {
 	m.BufferChunks = r.u32("buffer chunks")
 	if r.err == nil && m.BufferChunks == 0 {
 		r.fail("buffer of 0 chunks")
+	}
+	r.fixed(m.ImageSHA256[:], "image sha256")
+	n := r.u32("have count")
+	if n > MaxHaveRanges {
+		r.fail("%d have ranges, at most %d", n, MaxHaveRanges)
+	}
+	if r.err == nil && len(r.b) != 8*int(n) {
+		r.fail("%d have ranges need %d bytes, have %d", n, 8*n, len(r.b))
+	}
+	m.Have = m.Have[:0]
+	for i := uint32(0); i < n && r.err == nil; i++ {
+		h := ChunkRange{First: r.u32("first"), Count: r.u32("count")}
+		if h.Count == 0 || uint64(h.First)+uint64(h.Count) > 1<<32 {
+			r.fail("have range %d: first %d count %d", i, h.First, h.Count)
+		}
+		m.Have = append(m.Have, h)
 	}
 	return r.done()
 }

@@ -24,7 +24,7 @@ func samples() map[string]Message {
 		"not-served": &NotServed{Nonce: 9, Served: "lab2", Reason: "the session needs a key"},
 		"challenge":  &Challenge{Nonce: [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}},
 		"join": &Join{Name: "lab1", MAC: []byte{0x52, 0x54, 0, 1, 2, 3}, Hostname: "pc17", Disk: "/dev/sda",
-			DiskSize: 256 << 30, BufferChunks: 64},
+			DiskSize: 256 << 30, BufferChunks: 64, ImageSHA256: [32]byte{9, 9}, Have: []ChunkRange{{First: 0, Count: 10}, {First: 12, Count: 3}}},
 		"accept": &Accept{ClientID: 3, Group: netip.MustParseAddr("239.12.34.56"), DataPort: 9941, PayloadSize: 1432,
 			HeartbeatMillis: 250, TimeoutMillis: 8000},
 		"refuse":   &Refuse{Code: RefuseDiskTooSmall, Reason: "disk is 32 MiB, image is 64 MiB"},

@@ -65,6 +65,7 @@ type client struct {
 	addr     netip.Addr
 	join     protocol.Join
 	toClient *protocol.Seal // nil without a key
+	have     []uint64       // chunks a resuming client already has; nil if none
 	wmu      sync.Mutex     // serializes writes to conn
 	closed   bool           // guarded by wmu
 
@@ -239,7 +240,9 @@ func (s *Server) admit(conn net.Conn, peer netip.Addr, j *protocol.Join, toClien
 		return nil, &refusal{protocol.RefuseSending, fmt.Sprintf("session %q is already sending; join its next round", s.cfg.Session)}
 	}
 	c := &client{id: s.nextID, conn: conn, addr: peer, join: *j, toClient: toClient, state: ClientJoined, joined: time.Now(), lastHeard: time.Now()}
-	c.progress.LowWater = 0
+	if len(j.Have) > 0 && j.ImageSHA256 == s.manifest.ImageSHA256 {
+		c.have, c.progress.LowWater = haveBitmap(j.Have, len(s.manifest.Chunks))
+	}
 	s.nextID++
 	s.clients = append(s.clients, c)
 	n := len(s.activeLocked())
@@ -395,4 +398,25 @@ func (s *Server) dropped(c *client) {
 	s.emit(Event{Kind: EventDropped, Client: info, Message: info.Error})
 	c.close(s, protocol.CloseDropped, info.Error)
 	s.poke(s.wake)
+}
+
+// haveBitmap turns a resuming client's ranges into a bitmap of chunks, and
+// returns the first chunk it lacks.
+func haveBitmap(ranges []protocol.ChunkRange, chunks int) ([]uint64, uint32) {
+	bits := make([]uint64, (chunks+63)/64)
+	for _, r := range ranges {
+		for c := uint64(r.First); c < uint64(r.First)+uint64(r.Count) && c < uint64(chunks); c++ {
+			bits[c/64] |= 1 << (c % 64)
+		}
+	}
+	first := uint32(0)
+	for int(first) < chunks && bits[first/64]&(1<<(first%64)) != 0 {
+		first++
+	}
+	return bits, first
+}
+
+// has reports whether the client already has chunk i.
+func (c *client) has(i int) bool {
+	return c.have != nil && c.have[i/64]&(1<<(i%64)) != 0
 }

@@ -107,7 +107,7 @@ func (snd *sender) run(ctx context.Context) error {
 			continue
 		}
 		if snd.next < total {
-			if snd.m.Chunks[snd.next].Encoding == imaging.EncodingZero {
+			if snd.m.Chunks[snd.next].Encoding == imaging.EncodingZero || !s.need[snd.next] {
 				snd.next++
 				continue
 			}

@@ -59,6 +59,8 @@ type Server struct {
 	counters Counters
 
 	repairs *repairQueue
+	// need marks the chunks some client lacks; set when sending begins.
+	need []bool
 }
 
 // Counters are the sender's totals.
@@ -340,6 +342,17 @@ func (s *Server) begin(reason string, n int) error {
 	for _, c := range clients {
 		c.state = ClientReceiving
 		c.lastHeard = s.started // the clock for dead clients starts now
+	}
+	// Resuming clients may already have part of the image: send only what
+	// someone lacks.
+	s.need = make([]bool, len(s.manifest.Chunks))
+	for i := range s.need {
+		for _, c := range clients {
+			if !c.has(i) {
+				s.need[i] = true
+				break
+			}
+		}
 	}
 	rate := s.counters.Rate
 	s.mu.Unlock()
