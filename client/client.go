@@ -108,6 +108,7 @@ type Stats struct {
 	BadPackets uint64 // packets with a bad checksum or malformed body
 	Foreign    uint64 // packets of another session
 	BadChunks  uint64 // chunks whose SHA-256 did not match, fetched again
+	Heard      uint64 // packets of our session's stream, beacons included
 }
 
 // ErrRefused wraps a server's refusal.

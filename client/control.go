@@ -68,8 +68,9 @@ type session struct {
 	target   *imaging.Target
 	server   found
 	dataSeal *protocol.Seal // nil without a key
-	resumed  *resumeState   // what an earlier session left on disk, or nil
-	kept     *resumeState   // what is on disk when the server went away
+	ifi      mcast.Interface
+	resumed  *resumeState // what an earlier session left on disk, or nil
+	kept     *resumeState // what is on disk when the server went away
 }
 
 // join connects to the server, asks to join and receives the manifest.
@@ -172,7 +173,7 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	ok = true
 	cfg.Logger.Info("joined", "session", cfg.Session, "server", srv.control, "client_id", acc.ClientID,
 		"group", acc.Group, "port", acc.DataPort, "image_bytes", manifest.ImageSize, "chunks", len(manifest.Chunks))
-	s := &session{cfg: cfg, ctl: ctl, data: data, accept: *acc, manifest: manifest, target: target, server: srv, resumed: resume}
+	s := &session{cfg: cfg, ctl: ctl, data: data, accept: *acc, manifest: manifest, target: target, server: srv, resumed: resume, ifi: ifi}
 	if keys != nil {
 		s.dataSeal = keys.Data()
 	}

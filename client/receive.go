@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/mcast"
 	"github.com/shoal-lab/shoal/protocol"
 )
 
@@ -166,6 +167,7 @@ func (r *receiver) publish(board *statusBoard) {
 	r.snap.BytesWritten = uint64(r.bytes)
 	r.snap.Received = r.stats.Received
 	r.snap.Lost = r.stats.Lost
+	r.snap.Heard = r.stats.Heard
 	if r.started && r.snap.Phase == protocol.PhaseWaiting {
 		r.snap.Phase = protocol.PhaseReceiving
 	}
@@ -273,7 +275,23 @@ func (r *receiver) serverSaid(ev serverEvent) error {
 		r.log.Info("session started", "clients", m.Clients, "rate_bps", m.Rate)
 	case *protocol.Close:
 		return fmt.Errorf("the server ended the session for this client: %s", m.Reason)
+	case *protocol.Redirect:
+		return r.redirect(m)
 	}
+	return nil
+}
+
+// redirect moves to another data address: the server fell back from
+// multicast to broadcast.
+func (r *receiver) redirect(m *protocol.Redirect) error {
+	r.log.Warn("the server moves the data stream", "to", m.Group, "port", m.Port, "why", m.Why)
+	conn, err := mcast.ListenData(context.Background(), r.s.ifi, m.Group, int(m.Port), dataRecvBuffer)
+	if err != nil {
+		return fmt.Errorf("follow the stream to %s: %w", m.Group, err)
+	}
+	r.s.data.Close()
+	r.s.data = conn
+	r.conn = ipv4.NewPacketConn(conn)
 	return nil
 }
 
@@ -300,6 +318,7 @@ func (r *receiver) handle(pkt []byte, now time.Time) bool {
 		r.stats.Foreign++
 		return false
 	}
+	r.stats.Heard++
 	switch h.Type {
 	case protocol.TypeData:
 		var d protocol.Data

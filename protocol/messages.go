@@ -124,6 +124,18 @@ type Progress struct {
 	Received     uint64 // data packets received, first copies only
 	Lost         uint64 // data packets found missing and asked for again
 	Phase        uint8
+	// Heard counts every packet of the session's data stream the client
+	// received, beacons included: the server learns from it whether the
+	// client hears the multicast group at all.
+	Heard uint64
+}
+
+// Redirect moves a client's data stream to another address and port
+// before sending starts (the fallback from multicast to broadcast).
+type Redirect struct {
+	Group netip.Addr
+	Port  uint16
+	Why   string
 }
 
 // NackRange names Count consecutive missing fragments of one chunk,
@@ -211,6 +223,7 @@ func (*Report) Type() Type    { return TypeReport }
 func (*Close) Type() Type     { return TypeClose }
 func (*Data) Type() Type      { return TypeData }
 func (*Beacon) Type() Type    { return TypeBeacon }
+func (*Redirect) Type() Type  { return TypeRedirect }
 
 // maxMAC bounds a hardware address (InfiniBand's is 20 bytes).
 const maxMAC = 32
@@ -406,7 +419,8 @@ func (m *Progress) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.BytesWritten)
 	b = binary.BigEndian.AppendUint64(b, m.Received)
 	b = binary.BigEndian.AppendUint64(b, m.Lost)
-	return append(b, m.Phase)
+	b = append(b, m.Phase)
+	return binary.BigEndian.AppendUint64(b, m.Heard)
 }
 
 func (m *Progress) decodeBody(b []byte) error {
@@ -417,8 +431,32 @@ func (m *Progress) decodeBody(b []byte) error {
 	m.Received = r.u64("received")
 	m.Lost = r.u64("lost")
 	m.Phase = r.u8("phase")
+	m.Heard = r.u64("heard")
 	if r.err == nil && m.Phase > PhaseDone {
 		r.fail("phase %d", m.Phase)
+	}
+	return r.done()
+}
+
+func (m *Redirect) appendBody(b []byte) []byte {
+	var g [4]byte
+	if m.Group.Is4() {
+		g = m.Group.As4()
+	}
+	b = append(b, g[:]...)
+	b = binary.BigEndian.AppendUint16(b, m.Port)
+	return appendStr(b, m.Why)
+}
+
+func (m *Redirect) decodeBody(b []byte) error {
+	r := bodyReader{b: b}
+	var g [4]byte
+	r.fixed(g[:], "group")
+	m.Group = netip.AddrFrom4(g)
+	m.Port = r.u16("port")
+	m.Why = r.str("why")
+	if r.err == nil && (m.Port == 0 || m.Group.IsUnspecified()) {
+		r.fail("redirect to %s port %d", m.Group, m.Port)
 	}
 	return r.done()
 }

@@ -45,6 +45,7 @@ const (
 	TypeNack      Type = 16 // client → server: fragments I miss
 	TypeReport    Type = 17 // client → server: final result, read back from my disk
 	TypeClose     Type = 18 // server → client: the session is over for you, and why
+	TypeRedirect  Type = 19 // server → client: the data stream moves (multicast → broadcast fallback)
 	TypeData      Type = 20 // server → group: one fragment of one chunk
 	TypeBeacon    Type = 21 // server → group: sender position while idle, and state
 )
@@ -77,6 +78,8 @@ func (t Type) String() string {
 		return "report"
 	case TypeClose:
 		return "close"
+	case TypeRedirect:
+		return "redirect"
 	case TypeData:
 		return "data"
 	case TypeBeacon:
@@ -209,6 +212,8 @@ func NewMessage(t Type) (Message, error) {
 		return new(Report), nil
 	case TypeClose:
 		return new(Close), nil
+	case TypeRedirect:
+		return new(Redirect), nil
 	case TypeData:
 		return new(Data), nil
 	case TypeBeacon:

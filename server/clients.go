@@ -249,7 +249,7 @@ func (s *Server) admit(conn net.Conn, peer netip.Addr, j *protocol.Join, toClien
 	s.mu.Unlock()
 
 	c.send(s, &protocol.Accept{
-		ClientID: c.id, Group: s.group, DataPort: uint16(s.cfg.DataPort), PayloadSize: uint16(s.payload),
+		ClientID: c.id, Group: s.streamAddress(peer), DataPort: uint16(s.cfg.DataPort), PayloadSize: uint16(s.payload),
 		HeartbeatMillis: uint32(s.cfg.Heartbeat.Milliseconds()), TimeoutMillis: uint32(s.cfg.ClientTimeout.Milliseconds()),
 	})
 	c.send(s, &protocol.Manifest{Data: s.wire})

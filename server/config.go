@@ -26,6 +26,21 @@ const (
 	SlowDrop SlowPolicy = "drop"
 )
 
+// Mode is how the data stream reaches the clients (Ghost's "force mode").
+type Mode string
+
+// Transfer modes.
+const (
+	// ModeMulticast sends once to a multicast group (the default).
+	ModeMulticast Mode = "multicast"
+	// ModeBroadcast sends once to the interface's directed broadcast
+	// address: for networks whose switches drop multicast.
+	ModeBroadcast Mode = "broadcast"
+	// ModeUnicast sends one stream per client: for networks that carry
+	// neither; it costs one copy of the image per client on the wire.
+	ModeUnicast Mode = "unicast"
+)
+
 // Config describes one session. The zero value of every optional field
 // means the documented default.
 type Config struct {
@@ -51,6 +66,12 @@ type Config struct {
 	ControlPort int
 	// TTL of the data stream's packets (1: the local network only).
 	TTL int
+	// Mode is how data reaches the clients (ModeMulticast).
+	Mode Mode
+	// FallbackAfter: in multicast mode, a client that has heard nothing of
+	// the group this long after joining makes the session fall back to
+	// broadcast (3 s; negative: never).
+	FallbackAfter time.Duration
 	// MaxRate caps the send rate in bits per second on the wire; 0 means
 	// no cap beyond what the link and the clients take.
 	MaxRate int64
@@ -104,6 +125,16 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if !cfg.Groups.IsValid() {
 		cfg.Groups = DefaultGroups
+	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = ModeMulticast
+	case ModeMulticast, ModeBroadcast, ModeUnicast:
+	default:
+		return cfg, fmt.Errorf("mode %q: want multicast, broadcast or unicast", cfg.Mode)
+	}
+	if cfg.FallbackAfter == 0 {
+		cfg.FallbackAfter = 3 * time.Second
 	}
 	if cfg.DataPort == 0 {
 		cfg.DataPort = protocol.DefaultDataPort

@@ -21,6 +21,7 @@ const (
 	EventFinished EventKind = "finished"
 	EventFailed   EventKind = "failed"
 	EventDropped  EventKind = "dropped"
+	EventFallback EventKind = "fallback"
 )
 
 // Event is one thing that happened in the session, for displays.

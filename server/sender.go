@@ -19,7 +19,7 @@ import (
 const (
 	maxBatch         = 32                     // datagrams per sendmmsg
 	idleBeaconEvery  = 50 * time.Millisecond  // beacon period while sending but idle
-	waitBeaconEvery  = time.Second            // beacon period before the start
+	waitBeaconEvery  = 250 * time.Millisecond // beacon period before the start
 	ethernetOverhead = 14                     // what the link adds per frame, for the pacer
 	cacheBytes       = 256 << 20              // recently sent chunks kept for repairs
 	stallPause       = 300 * time.Microsecond // wait after the kernel's queue was full
@@ -31,7 +31,7 @@ type sender struct {
 	s     *Server
 	conn  *net.UDPConn
 	pc    *ipv4.PacketConn
-	dest  *net.UDPAddr
+	dests []*net.UDPAddr // where every packet goes: the group, or each client
 	seq   atomic.Uint32
 	next  int // next chunk to send for the first time
 	m     *imaging.Manifest
@@ -39,29 +39,32 @@ type sender struct {
 	pace  pacer
 	cache chunkCache
 
-	msgs  []ipv4.Message
-	bufs  [][]byte
-	n     int // datagrams in the batch
-	bytes int // their wire bytes
+	bufs    [][]byte   // encoded packets of the batch
+	buffers [][][]byte // one Buffers slice per packet, shared by its copies
+	msgs    []ipv4.Message
+	n       int      // packets in the batch
+	bytes   int      // wire bytes of the batch, all copies
+	counts  Counters // not yet added to the server's counters
 
 	blockedSince time.Time
 	lastBeacon   time.Time
+	lastDests    time.Time
 }
 
 func newSender(s *Server, conn *net.UDPConn) *sender {
 	snd := &sender{
 		s: s, conn: conn, pc: ipv4.NewPacketConn(conn),
-		dest: &net.UDPAddr{IP: s.group.AsSlice(), Port: s.cfg.DataPort},
 		m:    s.manifest,
 		rate: newRateControl(s.cfg.MaxRate),
 	}
 	snd.cache = newChunkCache(max(4, cacheBytes/s.manifest.ChunkSize))
-	snd.msgs = make([]ipv4.Message, maxBatch)
 	snd.bufs = make([][]byte, maxBatch)
+	snd.buffers = make([][][]byte, maxBatch)
 	for i := range snd.bufs {
 		snd.bufs[i] = make([]byte, 0, s.cfg.MTU)
-		snd.msgs[i].Addr = snd.dest
+		snd.buffers[i] = [][]byte{nil}
 	}
+	snd.dests = s.destinations()
 	s.mu.Lock()
 	s.counters.Rate = snd.rate.current()
 	s.mu.Unlock()
@@ -99,6 +102,12 @@ func (snd *sender) run(ctx context.Context) error {
 		active, limit, slowest := s.window()
 		if active == 0 {
 			return nil
+		}
+		if s.cfg.Mode == ModeUnicast && time.Since(snd.lastDests) > 100*time.Millisecond {
+			if err := snd.flush(ctx); err != nil {
+				return err
+			}
+			snd.dests, snd.lastDests = s.destinations(), time.Now()
 		}
 		if chunk, bits, ok := s.repairs.pop(snd.next); ok {
 			if err := snd.sendRepair(ctx, int(chunk), bits); err != nil {
@@ -230,19 +239,20 @@ func (snd *sender) queue(ctx context.Context, chunk, frag, frags int, wire []byt
 	}
 	pkt := snd.s.dataSeal.Append(snd.bufs[snd.n][:0], snd.s.sessionID, flags, &d)
 	snd.bufs[snd.n] = pkt
-	snd.msgs[snd.n].Buffers = [][]byte{pkt}
-	snd.n++
-	snd.bytes += len(pkt) + ipUDPOverhead + ethernetOverhead
-	s := snd.s
-	s.mu.Lock()
-	if flags&protocol.FlagRepair != 0 {
-		s.counters.RepairPackets++
-	} else {
-		s.counters.DataPackets++
+	snd.buffers[snd.n][0] = pkt
+	for _, dst := range snd.dests {
+		snd.msgs = append(snd.msgs, ipv4.Message{Buffers: snd.buffers[snd.n], Addr: dst})
 	}
-	s.counters.PayloadBytes += uint64(end - frag*p)
-	s.counters.WireBytes += uint64(len(pkt) + ipUDPOverhead)
-	s.mu.Unlock()
+	snd.n++
+	copies := uint64(len(snd.dests))
+	snd.bytes += (len(pkt) + ipUDPOverhead + ethernetOverhead) * len(snd.dests)
+	if flags&protocol.FlagRepair != 0 {
+		snd.counts.RepairPackets += copies
+	} else {
+		snd.counts.DataPackets += copies
+	}
+	snd.counts.PayloadBytes += uint64(end-frag*p) * copies
+	snd.counts.WireBytes += uint64(len(pkt)+ipUDPOverhead) * copies
 	if snd.n >= snd.batchSize() {
 		return snd.flush(ctx)
 	}
@@ -252,7 +262,7 @@ func (snd *sender) queue(ctx context.Context, chunk, frag, frags int, wire []byt
 // batchSize keeps a batch to about a millisecond of data at the current
 // rate, so pacing stays smooth at low rates.
 func (snd *sender) batchSize() int {
-	perMs := int(snd.rate.current() / 8 / 1000 / int64(snd.s.cfg.MTU))
+	perMs := int(snd.rate.current() / 8 / 1000 / int64(snd.s.cfg.MTU) / int64(max(1, len(snd.dests))))
 	return max(1, min(maxBatch, perMs))
 }
 
@@ -262,49 +272,78 @@ func (snd *sender) flush(ctx context.Context) error {
 		return nil
 	}
 	snd.pace.wait(ctx, snd.bytes, snd.rate.current())
-	msgs := snd.msgs[:snd.n]
+	msgs := snd.msgs
+	var err error
 	for len(msgs) > 0 {
-		n, err := snd.pc.WriteBatch(msgs, 0)
+		var n int
+		n, err = snd.pc.WriteBatch(msgs, 0)
 		msgs = msgs[max(n, 0):]
 		if err == nil {
 			continue
 		}
 		if errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.EAGAIN) {
-			snd.s.mu.Lock()
-			snd.s.counters.SendStalls++
-			snd.s.mu.Unlock()
+			snd.counts.SendStalls++
 			snd.rate.stalled()
 			time.Sleep(stallPause)
-			if ctx.Err() != nil {
-				return ctx.Err()
+			if err = ctx.Err(); err != nil {
+				break
 			}
 			continue
 		}
-		return fmt.Errorf("send to %s: %w", snd.dest, err)
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) {
+			// Unicast to a client that went away: its ICMP error comes back
+			// here. The client table deals with it; skip that packet.
+			msgs = msgs[1:]
+			err = nil
+			continue
+		}
+		err = fmt.Errorf("send to %s: %w", msgs[0].Addr, err)
+		break
 	}
-	snd.n, snd.bytes = 0, 0
-	snd.s.mu.Lock()
-	snd.s.counters.Rate = snd.rate.current()
-	snd.s.mu.Unlock()
-	return nil
+	snd.n, snd.bytes, snd.msgs = 0, 0, snd.msgs[:0]
+	snd.publish()
+	return err
+}
+
+// publish adds the batch's counts to the server's counters.
+func (snd *sender) publish() {
+	s := snd.s
+	s.mu.Lock()
+	k := &s.counters
+	k.DataPackets += snd.counts.DataPackets
+	k.RepairPackets += snd.counts.RepairPackets
+	k.PayloadBytes += snd.counts.PayloadBytes
+	k.WireBytes += snd.counts.WireBytes
+	k.Beacons += snd.counts.Beacons
+	k.SendStalls += snd.counts.SendStalls
+	k.Rate = snd.rate.current()
+	s.mu.Unlock()
+	snd.counts = Counters{}
 }
 
 // beacon sends the sender's position and state.
 func (snd *sender) beacon(state uint8) error {
-	pos := snd.next
-	b := protocol.Beacon{SendPos: uint32(pos), Seq: snd.seq.Add(1), State: state, Rate: uint64(snd.rate.current())}
-	pkt := snd.s.dataSeal.Marshal(snd.s.sessionID, 0, &b)
+	b := protocol.Beacon{SendPos: uint32(snd.next), Seq: snd.seq.Add(1), State: state, Rate: uint64(snd.rate.current())}
 	snd.lastBeacon = time.Now()
-	snd.s.mu.Lock()
-	snd.s.counters.Beacons++
-	snd.s.mu.Unlock()
-	if _, err := snd.conn.WriteTo(pkt, snd.dest); err != nil && !errors.Is(err, syscall.ENOBUFS) {
-		return fmt.Errorf("send beacon to %s: %w", snd.dest, err)
+	snd.counts.Beacons++
+	defer snd.publish()
+	return snd.s.sendBeacon(snd.conn, snd.dests, &b)
+}
+
+// sendBeacon sends one beacon to every destination.
+func (s *Server) sendBeacon(conn *net.UDPConn, dests []*net.UDPAddr, b *protocol.Beacon) error {
+	pkt := s.dataSeal.Marshal(s.sessionID, 0, b)
+	for _, d := range dests {
+		_, err := conn.WriteTo(pkt, d)
+		if err != nil && !errors.Is(err, syscall.ENOBUFS) && !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.EHOSTUNREACH) {
+			return fmt.Errorf("send beacon to %s: %w", d, err)
+		}
 	}
 	return nil
 }
 
-// beaconWhileWaiting lets joined clients hear the group before the start.
+// beaconWhileWaiting lets joined clients hear the stream before the start,
+// so the server knows whether they can (see the multicast fallback).
 func (s *Server) beaconWhileWaiting(ctx context.Context, snd *sender) {
 	t := time.NewTicker(waitBeaconEvery)
 	defer t.Stop()
@@ -316,7 +355,7 @@ func (s *Server) beaconWhileWaiting(ctx context.Context, snd *sender) {
 			return
 		}
 		b := protocol.Beacon{State: protocol.BeaconWaiting, Seq: snd.seq.Add(1)}
-		if _, err := snd.conn.WriteTo(s.dataSeal.Marshal(s.sessionID, 0, &b), snd.dest); err != nil {
+		if err := s.sendBeacon(snd.conn, s.destinations(), &b); err != nil {
 			s.log.Debug("waiting beacon failed", "err", err)
 		}
 		select {

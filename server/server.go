@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,9 +38,13 @@ type Server struct {
 	manifest  *imaging.Manifest
 	wire      []byte // the manifest's encoding, sent to every client
 	sessionID uint64
-	group     netip.Addr
+	group     netip.Addr // the multicast group picked for the session
 	ifi       mcast.Interface
-	payload   int
+	// dest is where the stream goes in multicast and broadcast mode: the
+	// group, or the broadcast address after a fallback. Guarded by mu.
+	dest    netip.Addr
+	mode    Mode // guarded by mu: a fallback changes it
+	payload int
 
 	// Seals of a keyed session; all nil without a key.
 	discSeal *protocol.Seal
@@ -140,6 +145,13 @@ func (s *Server) Run(ctx context.Context) (*Summary, error) {
 		return nil, err
 	}
 	s.ifi = ifi
+	s.mu.Lock()
+	s.mode = s.cfg.Mode
+	s.dest = s.group
+	if s.mode == ModeBroadcast {
+		s.dest = ifi.Broadcast()
+	}
+	s.mu.Unlock()
 	disc, err := mcast.ListenDiscovery(ctx, ifi, s.cfg.DiscoveryPort, protocol.DiscoveryGroup)
 	if err != nil {
 		return nil, err
@@ -158,7 +170,7 @@ func (s *Server) Run(ctx context.Context) (*Summary, error) {
 	defer data.Close()
 
 	controlPort := ln.Addr().(*net.TCPAddr).Port
-	s.log.Info("session open", "session", s.cfg.Session, "image", s.cfg.ImageName,
+	s.log.Info("session open", "session", s.cfg.Session, "image", s.cfg.ImageName, "mode", s.cfg.Mode,
 		"bytes", s.manifest.ImageSize, "wire_bytes", s.manifest.WireBytes(), "interface", ifi.String(),
 		"group", s.group, "port", s.cfg.DataPort, "control_port", controlPort, "ttl", s.cfg.TTL)
 
@@ -190,6 +202,7 @@ func (s *Server) Run(ctx context.Context) (*Summary, error) {
 	if err := s.waitForStart(runCtx); err != nil {
 		return s.summary(), fmt.Errorf("session %q: %w", s.cfg.Session, err)
 	}
+	snd.dests = s.destinations()
 
 	wg.Add(1)
 	go func() {
@@ -291,9 +304,15 @@ func (s *Server) waitForStart(ctx context.Context) error {
 		n := s.joinedCount()
 		switch {
 		case n > 0 && reason != "":
-			return s.begin(reason, n)
+			if err := s.checkMulticast(ctx); err != nil {
+				return err
+			}
+			return s.begin(reason, s.joinedCount())
 		case s.cfg.MinClients > 0 && n >= s.cfg.MinClients:
-			return s.begin(fmt.Sprintf("%d clients joined", n), n)
+			if err := s.checkMulticast(ctx); err != nil {
+				return err
+			}
+			return s.begin(fmt.Sprintf("%d clients joined", n), s.joinedCount())
 		}
 		select {
 		case <-ctx.Done():
@@ -333,6 +352,103 @@ func (s *Server) joinedCount() int {
 	return n
 }
 
+// destinations lists where data packets go: the group (or broadcast
+// address), or in unicast mode every client still taking part.
+func (s *Server) destinations() []*net.UDPAddr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mode != ModeUnicast {
+		return []*net.UDPAddr{{IP: s.dest.AsSlice(), Port: s.cfg.DataPort}}
+	}
+	var out []*net.UDPAddr
+	for _, c := range s.activeLocked() {
+		out = append(out, &net.UDPAddr{IP: c.addr.AsSlice(), Port: s.cfg.DataPort})
+	}
+	return out
+}
+
+// streamAddress is where a client receives the stream, for its Accept.
+func (s *Server) streamAddress(peer netip.Addr) netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mode == ModeUnicast {
+		return peer
+	}
+	return s.dest
+}
+
+// checkMulticast falls back to broadcast when a client cannot hear the
+// multicast group: a client that has heard nothing of it FallbackAfter
+// after joining counts as deaf. Clients that heard the group's beacons pass
+// at once.
+func (s *Server) checkMulticast(ctx context.Context) error {
+	if s.cfg.Mode != ModeMulticast || s.cfg.FallbackAfter < 0 {
+		return nil
+	}
+	for {
+		s.mu.Lock()
+		var wait time.Duration
+		var deaf []*client
+		for _, c := range s.activeLocked() {
+			if c.progress.Heard > 0 {
+				continue
+			}
+			if age := time.Since(c.joined); age < s.cfg.FallbackAfter {
+				// Not heard yet, but it may still: look again soon.
+				wait = min(max(wait, s.cfg.FallbackAfter-age), 100*time.Millisecond)
+			} else {
+				deaf = append(deaf, c)
+			}
+		}
+		s.mu.Unlock()
+		if wait > 0 {
+			if err := sleepCtx(ctx, wait); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(deaf) == 0 {
+			return nil
+		}
+		return s.fallBack(deaf)
+	}
+}
+
+// fallBack moves the stream from the multicast group to the broadcast
+// address and tells every client.
+func (s *Server) fallBack(deaf []*client) error {
+	bcast := s.ifi.Broadcast()
+	var names []string
+	s.mu.Lock()
+	for _, c := range deaf {
+		names = append(names, fmt.Sprintf("%d (%s)", c.id, c.addr))
+	}
+	s.mode, s.dest = ModeBroadcast, bcast
+	clients := s.activeLocked()
+	s.mu.Unlock()
+	why := fmt.Sprintf("client(s) %s heard nothing of multicast group %s within %s — an IGMP-snooping switch without a querier is the common cause; falling back to broadcast to %s",
+		strings.Join(names, ", "), s.group, s.cfg.FallbackAfter, bcast)
+	s.log.Warn("multicast fallback", "why", why)
+	s.emit(Event{Kind: EventFallback, Message: why})
+	for _, c := range clients {
+		c.send(s, &protocol.Redirect{Group: bcast, Port: uint16(s.cfg.DataPort), Why: why})
+	}
+	// Give the clients a moment to move before data flows.
+	time.Sleep(300 * time.Millisecond)
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // begin moves the session to sending and tells every client.
 func (s *Server) begin(reason string, n int) error {
 	s.mu.Lock()
@@ -356,7 +472,7 @@ func (s *Server) begin(reason string, n int) error {
 	}
 	rate := s.counters.Rate
 	s.mu.Unlock()
-	s.log.Info("sending", "reason", reason, "clients", n, "group", s.group, "port", s.cfg.DataPort)
+	s.log.Info("sending", "reason", reason, "clients", n, "mode", s.mode, "to", s.dest, "port", s.cfg.DataPort)
 	s.emit(Event{Kind: EventStarted, Message: reason})
 	for _, c := range clients {
 		c.send(s, &protocol.Start{Clients: uint16(min(n, 0xffff)), Rate: uint64(rate)})
@@ -404,7 +520,8 @@ func (s *Server) failActive(reason string) {
 type Status struct {
 	Session    string
 	State      State
-	Group      netip.Addr
+	Mode       Mode
+	Group      netip.Addr // where the stream goes (the broadcast address after a fallback)
 	ImageBytes int64
 	WireBytes  int64
 	Started    time.Time
@@ -417,7 +534,7 @@ func (s *Server) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Status{
-		Session: s.cfg.Session, State: s.state, Group: s.group,
+		Session: s.cfg.Session, State: s.state, Group: s.dest, Mode: s.mode,
 		ImageBytes: s.manifest.ImageSize, WireBytes: s.manifest.WireBytes(),
 		Started: s.started, Counters: s.counters,
 	}

@@ -35,6 +35,8 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		ctlPort    = fs.Int("control-port", 0, "TCP port clients join on (default: any free port)")
 		ttl        = fs.Int("ttl", 1, "multicast TTL (1 keeps the stream on the local network)")
 		maxRate    = fs.String("max-rate", "0", "send rate cap in bits per second, e.g. 500M or 1G (0: no cap)")
+		mode       = fs.String("mode", string(server.ModeMulticast), "how data reaches clients: multicast, broadcast (switches that drop multicast) or unicast (one stream per client)")
+		fallback   = fs.Duration("fallback-after", 3*time.Second, "multicast mode: fall back to broadcast when a client hears nothing of the group this long after joining (0: never)")
 		mtu        = fs.Int("mtu", server.DefaultMTU, "path MTU; sets the data packet size (9000 for jumbo frames)")
 		minClients = fs.Int("min-clients", 0, "start when this many clients have joined")
 		waitJoin   = fs.Duration("wait-after-join", 0, "start this long after the last client joined (restarts at every join)")
@@ -77,6 +79,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		DataPort: *port, DiscoveryPort: *discPort, ControlPort: *ctlPort, TTL: *ttl, MTU: *mtu,
 		MinClients: *minClients, WaitAfterJoin: *waitJoin, ClientTimeout: *timeout,
 		Slow: server.SlowPolicy(*slow), SlowAfter: *slowAfter, Logger: log,
+		Mode: server.Mode(*mode), FallbackAfter: *fallback,
 	}
 	if cfg.MaxRate, err = cli.ParseRate(*maxRate); err != nil {
 		return fmt.Errorf("%w: --max-rate: %v", errUsage, err)
@@ -85,6 +88,9 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		if cfg.Groups, err = server.ParseGroupRange(*group); err != nil {
 			return fmt.Errorf("%w: --group: %v", errUsage, err)
 		}
+	}
+	if cfg.FallbackAfter == 0 {
+		cfg.FallbackAfter = -1
 	}
 	if *keyFile != "" {
 		k, err := protocol.LoadKeyFile(*keyFile)
@@ -196,6 +202,8 @@ func (l *lineWriter) event(ev server.Event) {
 		line = fmt.Sprintf("client %d left before the start: %s %s", c.ID, c.MAC, c.Addr)
 	case server.EventStarted:
 		line = "sending: " + ev.Message
+	case server.EventFallback:
+		line = "FALLBACK: " + ev.Message
 	case server.EventFinished:
 		line = fmt.Sprintf("client %d verified: %s %s sha256 %x in %s", c.ID, c.MAC, c.Addr, c.SHA256, c.Elapsed.Round(10*time.Millisecond))
 	case server.EventFailed:
