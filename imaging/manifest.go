@@ -1,6 +1,9 @@
 // Package imaging knows disk images: the manifest of per-chunk SHA-256
-// hashes that both ends of a session trust, the image formats the server
-// reads, and the client's disk writer with its read-back verification.
+// hashes that both ends of a session trust; the image formats the server
+// reads (raw, zstd-compressed raw, and shoal's packed format, see
+// docs/image-format.md) with packing and verification; the chunk decoder;
+// and on the client, the disk writer with its read-back verification, GPT
+// fix-ups for larger disks, and disk selection.
 package imaging
 
 import (
@@ -48,7 +51,9 @@ const (
 type ChunkInfo struct {
 	Encoding Encoding
 	// WireSize is how many bytes the chunk occupies on the wire and in a
-	// packed image: 0 for zero chunks, the chunk's length for raw ones.
+	// packed image: 0 for zero chunks, the chunk's length for raw ones,
+	// the length of its zstd frame (always less than the chunk's length)
+	// for zstd ones.
 	WireSize uint32
 	// SHA256 is the hash of the chunk's uncompressed bytes.
 	SHA256 [32]byte
@@ -112,8 +117,10 @@ func (m *Manifest) Validate() error {
 				return fmt.Errorf("%w: zero chunk %d has wire size %d", ErrManifest, i, c.WireSize)
 			}
 		case EncodingZstd:
-			if c.WireSize == 0 || c.WireSize > MaxChunkSize+MaxChunkSize/8 {
-				return fmt.Errorf("%w: zstd chunk %d has wire size %d", ErrManifest, i, c.WireSize)
+			// A chunk that does not shrink is stored raw, so a zstd chunk
+			// is always smaller than its uncompressed length.
+			if c.WireSize == 0 || int(c.WireSize) >= n {
+				return fmt.Errorf("%w: zstd chunk %d has wire size %d for %d bytes", ErrManifest, i, c.WireSize, n)
 			}
 		default:
 			return fmt.Errorf("%w: chunk %d has unknown %s", ErrManifest, i, c.Encoding)
@@ -206,15 +213,18 @@ func (m *Manifest) UnmarshalBinary(b []byte) error {
 	return nil
 }
 
+// ErrChunkHash marks chunk data whose SHA-256 differs from the manifest's.
+var ErrChunkHash = errors.New("SHA-256 does not match the manifest")
+
 // CheckChunk verifies data (a chunk's uncompressed bytes) against chunk i
-// of the manifest.
+// of the manifest. A mismatch is a *ChunkError wrapping ErrChunkHash.
 func (m *Manifest) CheckChunk(i int, data []byte) error {
-	_, n := m.ChunkRange(i)
+	off, n := m.ChunkRange(i)
 	if len(data) != n {
-		return fmt.Errorf("chunk %d: %d bytes, want %d", i, len(data), n)
+		return &ChunkError{Chunk: i, Offset: off, FileOffset: -1, Err: fmt.Errorf("%w: %d bytes, want %d", ErrChunkHash, len(data), n)}
 	}
 	if sha256.Sum256(data) != m.Chunks[i].SHA256 {
-		return fmt.Errorf("chunk %d: SHA-256 does not match the manifest", i)
+		return &ChunkError{Chunk: i, Offset: off, FileOffset: -1, Err: ErrChunkHash}
 	}
 	return nil
 }

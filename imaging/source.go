@@ -1,6 +1,7 @@
 package imaging
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -27,27 +28,88 @@ type Source interface {
 
 // OpenOptions tune how an image is opened.
 type OpenOptions struct {
-	// ChunkSize for images that do not fix their own (raw images); zero
-	// means DefaultChunkSize.
+	// ChunkSize for images that do not fix their own (raw and zstd
+	// images); zero means DefaultChunkSize.
 	ChunkSize int
-	// Progress, if set, is called with bytes scanned so far while a raw
-	// image is hashed.
+	// Workers is how many cores hash, verify or repack at once; zero
+	// means all of them.
+	Workers int
+	// TempDir is where a zstd-compressed image is unpacked into a packed
+	// one (an unlinked file, gone when the Source is closed); empty means
+	// os.TempDir(), usually $TMPDIR or /tmp.
+	TempDir string
+	// Progress, if set, is called while the image is read at open (raw
+	// images are hashed, packed ones verified, zstd ones repacked) with
+	// the bytes of the file done so far and the file's size.
 	Progress func(done, total int64)
 }
 
 // Open opens the image at path for serving. The format is detected from
-// the content, not the file name.
+// the content, not the file name:
+//
+//   - a packed image (it starts with "SHOALPAK") is checked and then
+//     verified in full, on all cores: a bad chunk makes Open fail with a
+//     *ChunkError naming it, so a corrupt image is never served;
+//   - a zstd stream (it starts with the zstd frame magic 28 b5 2f fd, or a
+//     skippable frame) is a compressed raw image: it is decompressed once
+//     and repacked into an unlinked temporary file in TempDir, which is
+//     then served like a packed image;
+//   - anything else is a raw image, hashed chunk by chunk.
 func Open(ctx context.Context, path string, opts OpenOptions) (Source, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open image: %w", err)
 	}
-	src, err := openRaw(ctx, f, opts)
+	var src Source
+	switch format, ferr := sniff(f); {
+	case ferr != nil:
+		err = ferr
+	case format == "packed":
+		src, err = openPackedVerified(ctx, f, opts)
+	case format == "zstd":
+		src, err = openZstd(ctx, f, opts)
+	default:
+		src, err = openRaw(ctx, f, opts)
+	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("image %s: %w", path, err)
 	}
 	return src, nil
+}
+
+// sniff names an image file's format from its first bytes: "packed",
+// "zstd" or "raw".
+func sniff(f *os.File) (string, error) {
+	b := make([]byte, 8)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && err != io.EOF {
+		return "", fmt.Errorf("read image: %w", err)
+	}
+	switch b = b[:n]; {
+	case isPacked(b):
+		return "packed", nil
+	case isZstd(b):
+		return "zstd", nil
+	}
+	return "raw", nil
+}
+
+// openPackedVerified opens a packed image and verifies every chunk.
+func openPackedVerified(ctx context.Context, f *os.File, opts OpenOptions) (*PackedImage, error) {
+	p, err := readPacked(f, "packed")
+	if err != nil {
+		return nil, err
+	}
+	vopts := VerifyOptions{Workers: opts.Workers}
+	if opts.Progress != nil {
+		// Report file bytes: roughly, the share of the image verified.
+		vopts.Progress = func(done, total int64) { opts.Progress(p.fileSize*done/total, p.fileSize) }
+	}
+	if err := p.Verify(ctx, vopts); err != nil {
+		return nil, fmt.Errorf("refusing a corrupt packed image: %w", err)
+	}
+	return p, nil
 }
 
 // rawSource serves an uncompressed image file; its manifest is computed
@@ -144,20 +206,10 @@ func scanRaw(ctx context.Context, r io.ReaderAt, size int64, chunkSize int, prog
 	return m, nil
 }
 
-// isZero reports whether b holds only zero bytes.
+// isZero reports whether b holds only zero bytes: its first byte is zero
+// and every byte equals the one before it (one vectorised comparison).
 func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, v := range b {
-		if v != 0 {
-			return false
-		}
-	}
-	return true
+	return len(b) == 0 || b[0] == 0 && bytes.Equal(b[1:], b[:len(b)-1])
 }
 
 func (s *rawSource) Manifest() *Manifest { return s.manifest }

@@ -1,11 +1,8 @@
 package imaging
 
 import (
-	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"unsafe"
 
@@ -15,10 +12,12 @@ import (
 // Target is the disk a client writes: a block device or a regular file
 // (which is created if needed and ends up exactly the image's size).
 type Target struct {
-	f     *os.File
-	path  string
-	size  int64 // bytes of a block device; 0 for a regular file, which grows
-	block bool
+	f         *os.File
+	path      string
+	size      int64 // bytes of a block device; 0 for a regular file, which grows
+	block     bool
+	partition bool // a partition of a disk (it has no partition table of its own)
+	sector    int  // logical block size: 512 for files
 }
 
 // ErrTooSmall marks a disk smaller than the image.
@@ -33,7 +32,7 @@ func OpenTarget(path string) (*Target, error) {
 		if err != nil {
 			return nil, fmt.Errorf("create target file: %w", err)
 		}
-		return &Target{f: f, path: path}, nil
+		return &Target{f: f, path: path, sector: 512}, nil
 	case err != nil:
 		return nil, fmt.Errorf("target: %w", err)
 	case fi.IsDir():
@@ -43,7 +42,7 @@ func OpenTarget(path string) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open target: %w", err)
 	}
-	t := &Target{f: f, path: path}
+	t := &Target{f: f, path: path, sector: 512}
 	if fi.Mode()&os.ModeDevice != 0 {
 		if fi.Mode()&os.ModeCharDevice != 0 {
 			f.Close()
@@ -54,8 +53,27 @@ func OpenTarget(path string) (*Target, error) {
 			f.Close()
 			return nil, err
 		}
+		if ss, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKSSZGET); err == nil && ss >= 512 {
+			t.sector = ss
+		}
+		t.partition = isPartition(sysfsRoot, f)
 	}
 	return t, nil
+}
+
+// sysfsRoot is where sysfs is mounted.
+const sysfsRoot = "/sys"
+
+// isPartition reports whether the block device open as f is a partition
+// (sysfs gives partitions a "partition" attribute; whole disks, and loop
+// devices without partition scanning, have none).
+func isPartition(sys string, f *os.File) bool {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	_, err := os.Stat(fmt.Sprintf("%s/dev/block/%d:%d/partition", sys, unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	return err == nil
 }
 
 // Path is the target's path.
@@ -67,6 +85,13 @@ func (t *Target) IsBlockDevice() bool { return t.block }
 // Size is the capacity of a block device in bytes, or 0 for a regular file
 // (which grows to fit).
 func (t *Target) Size() int64 { return t.size }
+
+// IsPartition reports whether the target is a partition of a disk rather
+// than a whole disk.
+func (t *Target) IsPartition() bool { return t.partition }
+
+// SectorSize is the target's logical block size (512 for a file).
+func (t *Target) SectorSize() int { return t.sector }
 
 // CheckFits returns an error wrapping ErrTooSmall, naming both sizes, if an
 // image of imageSize bytes does not fit.
@@ -131,73 +156,18 @@ func (t *Target) Sync() error {
 	return nil
 }
 
-// dropCache asks the kernel to forget cached pages of the target, so a read
-// back comes from the disk and not from memory.
-func (t *Target) dropCache() {
-	_ = unix.Fadvise(int(t.f.Fd()), 0, 0, unix.FADV_DONTNEED)
-	if t.block {
-		_ = ioctl(t.f, unix.BLKFLSBUF, nil)
+// rereadPartitions asks the kernel to read the partition table of a
+// whole-disk block device again (BLKRRPART). Partitions, loop devices
+// without partition scanning and files answer EINVAL or ENOTTY, which
+// means there is nothing to do.
+func (t *Target) rereadPartitions() error {
+	if !t.block || t.partition {
+		return nil
 	}
-}
-
-// ReadBackResult is what a read back of the written image found.
-type ReadBackResult struct {
-	SHA256 [32]byte
-	Bytes  int64
-	// BadChunk is the first chunk whose bytes differ from the manifest, or
-	// -1 if the whole image matched.
-	BadChunk int
-}
-
-// ReadBack flushes the target, drops it from the page cache and reads the
-// image's range back, hashing it. If the whole-image hash differs from the
-// manifest it reads again chunk by chunk to name the first bad chunk.
-func (t *Target) ReadBack(ctx context.Context, m *Manifest, progress func(done int64)) (ReadBackResult, error) {
-	res := ReadBackResult{BadChunk: -1}
-	if err := t.Sync(); err != nil {
-		return res, err
+	if err := ioctl(t.f, unix.BLKRRPART, nil); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOTTY) {
+		return fmt.Errorf("re-read the partition table of %s: %w", t.path, err)
 	}
-	t.dropCache()
-	whole := sha256.New()
-	buf := make([]byte, 4<<20)
-	r := io.NewSectionReader(t.f, 0, m.ImageSize)
-	for {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		n, err := io.ReadFull(r, buf)
-		whole.Write(buf[:n])
-		res.Bytes += int64(n)
-		if progress != nil {
-			progress(res.Bytes)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			return res, fmt.Errorf("read back %s at %d: %w", t.path, res.Bytes, err)
-		}
-	}
-	copy(res.SHA256[:], whole.Sum(nil))
-	if res.Bytes != m.ImageSize {
-		return res, fmt.Errorf("read back %s: %d bytes, the image has %d", t.path, res.Bytes, m.ImageSize)
-	}
-	if res.SHA256 == m.ImageSHA256 {
-		return res, nil
-	}
-	// Find the first chunk that differs, for the report.
-	chunk := make([]byte, m.ChunkSize)
-	for i := range m.Chunks {
-		off, n := m.ChunkRange(i)
-		if _, err := t.f.ReadAt(chunk[:n], off); err != nil {
-			return res, fmt.Errorf("read back chunk %d: %w", i, err)
-		}
-		if sha256.Sum256(chunk[:n]) != m.Chunks[i].SHA256 {
-			res.BadChunk = i
-			break
-		}
-	}
-	return res, nil
+	return nil
 }
 
 // Close closes the target.
