@@ -245,6 +245,7 @@ func (s *Server) admit(conn net.Conn, peer netip.Addr, j *protocol.Join, toClien
 	}
 	s.nextID++
 	s.clients = append(s.clients, c)
+	s.lastJoin = c.joined
 	n := len(s.activeLocked())
 	s.mu.Unlock()
 

@@ -59,6 +59,7 @@ type Server struct {
 	state    State
 	clients  []*client // in join order
 	nextID   uint32
+	lastJoin time.Time
 	started  time.Time
 	finished time.Time
 	counters Counters
@@ -573,3 +574,63 @@ func (s *Server) emit(ev Event) {
 
 // ErrNoClients means the session ended without any client.
 var ErrNoClients = errors.New("no clients")
+
+// StartStatus describes, for people, what the session waits for before it
+// starts: each configured criterion and how close it is.
+func (s *Server) StartStatus() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != StateWaiting {
+		return nil
+	}
+	joined := 0
+	for _, c := range s.clients {
+		if c.state == ClientJoined {
+			joined++
+		}
+	}
+	var out []string
+	if s.cfg.MinClients > 0 {
+		out = append(out, fmt.Sprintf("%d of %d clients joined", joined, s.cfg.MinClients))
+	}
+	if s.cfg.WaitAfterJoin > 0 {
+		if joined == 0 || s.lastJoin.IsZero() {
+			out = append(out, fmt.Sprintf("starts %s after the last join (no client yet)", s.cfg.WaitAfterJoin))
+		} else {
+			left := time.Until(s.lastJoin.Add(s.cfg.WaitAfterJoin)).Round(time.Second)
+			out = append(out, fmt.Sprintf("starts in %s unless another client joins", max(left, 0)))
+		}
+	}
+	if !s.cfg.StartAt.IsZero() {
+		out = append(out, fmt.Sprintf("starts at %s (in %s)", s.cfg.StartAt.Format("15:04:05"), max(time.Until(s.cfg.StartAt), 0).Round(time.Second)))
+	}
+	return out
+}
+
+// DropClient drops a client by ID at the operator's request.
+func (s *Server) DropClient(id uint32) error {
+	s.mu.Lock()
+	var c *client
+	for _, cc := range s.clients {
+		if cc.id == id {
+			c = cc
+		}
+	}
+	if c == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("no client %d", id)
+	}
+	if c.state.Final() {
+		s.mu.Unlock()
+		return fmt.Errorf("client %d already %s", id, c.state)
+	}
+	if c.state == ClientJoined {
+		c.state = ClientLeft
+	} else {
+		c.state = ClientDropped
+	}
+	c.err, c.ended = "dropped by the operator", time.Now()
+	s.mu.Unlock()
+	s.dropped(c)
+	return nil
+}

@@ -1,6 +1,7 @@
 // Command shoal is the shoal server and admin tool.
 //
 //	shoal serve --session NAME --image FILE [flags]   serve one imaging session
+//	shoal image pack|unpack|info|verify …              pack and check images
 //
 // Run "shoal serve -h" for the flags.
 package main
@@ -53,6 +54,7 @@ const usage = `usage: shoal <command> [flags]
 commands:
   serve    serve a disk image to a named session of clients
   key      make a key file for authenticated sessions (shoal key new FILE)
+  image    pack, unpack, describe and verify disk images (shoal image help)
 `
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -65,6 +67,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return serve(ctx, args[1:], stdin, stdout, stderr)
 	case "key":
 		return keyCmd(args[1:], stdout, stderr)
+	case "image":
+		return imageCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -9,15 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/shoal-lab/shoal/imaging"
 	"github.com/shoal-lab/shoal/internal/cli"
-	"github.com/shoal-lab/shoal/internal/prof"
 	"github.com/shoal-lab/shoal/protocol"
 	"github.com/shoal-lab/shoal/server"
 )
@@ -48,6 +42,11 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		keyFile    = fs.String("key-file", "", "authenticate every packet with this key (shoal key new FILE makes one); clients need the same key")
 		encrypt    = fs.Bool("encrypt", false, "with --key-file: also encrypt the image on the wire")
 		logLevel   = fs.String("log-level", "", "log level: debug, info, warn or error (default: warn on a terminal, info otherwise)")
+		logFormat  = fs.String("log-format", "text", "log format: text or json")
+		restart    = fs.Bool("restart", false, "serve the same image session after session, with the same start criteria, until stopped")
+		once       = fs.Bool("once", true, "serve one session and exit (the default; --restart overrides it)")
+		logClients = fs.String("log-clients", "", "append one JSON line per client per session to this file")
+		plain      = fs.Bool("plain", false, "plain log lines even on a terminal (no live view)")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: shoal serve --session NAME --image FILE [flags]\n\n"+
@@ -72,7 +71,16 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	var handler slog.Handler
+	switch *logFormat {
+	case "text":
+		handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})
+	case "json":
+		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
+	default:
+		return fmt.Errorf("%w: --log-format %q: want text or json", errUsage, *logFormat)
+	}
+	log := slog.New(handler)
 
 	cfg := server.Config{
 		Session: *session, ImageName: *image, Interface: *iface,
@@ -113,195 +121,19 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		return err
 	}
 	defer src.Close()
-	m := src.Manifest()
-
-	out := &lineWriter{w: stdout}
 	cfg.Source = src
-	cfg.OnEvent = func(ev server.Event) { out.event(ev) }
-	srv, err := server.New(cfg)
-	if err != nil {
+	if _, err := server.New(cfg); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 
-	fmt.Fprintf(stdout, "session %q: %s (%s, %s, %d chunks, %s to send), SHA-256 %x\n",
-		*session, *image, src.Format(), imaging.HumanBytes(m.ImageSize), len(m.Chunks), imaging.HumanBytes(m.WireBytes()), m.ImageSHA256)
-	fmt.Fprintf(stdout, "waiting for clients; starts %s\n", startCriteria(&cfg))
-
-	// "Send now": a line typed on the terminal, or SIGUSR1 from a script.
-	go func() {
-		sc := bufio.NewScanner(stdin)
-		for sc.Scan() {
-			srv.StartNow()
-		}
-	}()
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
-	defer signal.Stop(usr1)
-	go func() {
-		for range usr1 {
-			srv.StartNow()
-		}
-	}()
-
-	progressCtx, stopProgress := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		showProgress(progressCtx, srv, stderr, out)
-	}()
-	stopProfile := prof.StartFromEnv()
-	sum, runErr := srv.Run(ctx)
-	stopProfile()
-	stopProgress()
-	wg.Wait()
-	out.endLine()
-	if sum != nil {
-		fmt.Fprintln(stdout)
-		sum.WriteTable(stdout)
+	tui := false
+	if f, ok := stdout.(*os.File); ok && !*plain {
+		tui = cli.IsTerminal(f)
 	}
-	if runErr != nil {
-		return runErr
-	}
-	if !sum.OK() {
-		return &exitError{code: 1, err: fmt.Errorf("%d of %d clients failed", sum.Failed(), len(sum.Clients))}
-	}
-	return nil
-}
-
-func startCriteria(cfg *server.Config) string {
-	var c []string
-	if cfg.MinClients > 0 {
-		c = append(c, fmt.Sprintf("when %d clients have joined", cfg.MinClients))
-	}
-	if cfg.WaitAfterJoin > 0 {
-		c = append(c, fmt.Sprintf("%s after the last join", cfg.WaitAfterJoin))
-	}
-	if !cfg.StartAt.IsZero() {
-		c = append(c, "at "+cfg.StartAt.Format("15:04 Mon Jan 2"))
-	}
-	c = append(c, fmt.Sprintf("when you press Enter (or: kill -USR1 %d)", os.Getpid()))
-	return strings.Join(c, ", or ")
-}
-
-// lineWriter prints event lines, keeping them apart from a live progress
-// line on a terminal.
-type lineWriter struct {
-	mu       sync.Mutex
-	w        io.Writer
-	progress bool // a progress line is on screen (terminal only)
-}
-
-func (l *lineWriter) event(ev server.Event) {
-	c := ev.Client
-	var line string
-	switch ev.Kind {
-	case server.EventJoined:
-		line = fmt.Sprintf("client %d joined: %s %s %s disk %s (%s)", c.ID, c.MAC, c.Addr, c.Hostname, c.Disk, diskSize(c.DiskSize))
-	case server.EventLeft:
-		line = fmt.Sprintf("client %d left before the start: %s %s", c.ID, c.MAC, c.Addr)
-	case server.EventStarted:
-		line = "sending: " + ev.Message
-	case server.EventFallback:
-		line = "FALLBACK: " + ev.Message
-	case server.EventFinished:
-		line = fmt.Sprintf("client %d verified: %s %s sha256 %x in %s", c.ID, c.MAC, c.Addr, c.SHA256, c.Elapsed.Round(10*time.Millisecond))
-	case server.EventFailed:
-		line = fmt.Sprintf("client %d FAILED: %s %s: %s", c.ID, c.MAC, c.Addr, ev.Message)
-	case server.EventDropped:
-		line = fmt.Sprintf("client %d DROPPED: %s %s: %s", c.ID, c.MAC, c.Addr, ev.Message)
-	default:
-		line = fmt.Sprintf("%s %s", ev.Kind, ev.Message)
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.progress {
-		fmt.Fprint(l.w, "\r\033[K")
-		l.progress = false
-	}
-	fmt.Fprintf(l.w, "%s %s\n", ev.Time.Format("15:04:05"), line)
-}
-
-func (l *lineWriter) endLine() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.progress {
-		fmt.Fprintln(l.w)
-		l.progress = false
-	}
-}
-
-func diskSize(n uint64) string {
-	if n == 0 {
-		return "a file"
-	}
-	return imaging.HumanBytes(int64(n))
-}
-
-// showProgress prints a live progress line: redrawn each second on a
-// terminal, a log line every five seconds otherwise.
-func showProgress(ctx context.Context, srv *server.Server, stderr io.Writer, out *lineWriter) {
-	tty := false
-	if f, ok := stderr.(*os.File); ok {
-		tty = cli.IsTerminal(f)
-	}
-	every := 5 * time.Second
-	if tty {
-		every = time.Second
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	var lastBytes uint64
-	last := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		st := srv.Status()
-		if st.State != server.StateSending {
-			continue
-		}
-		now := time.Now()
-		rate := float64(st.Counters.WireBytes-lastBytes) * 8 / now.Sub(last).Seconds()
-		lastBytes, last = st.Counters.WireBytes, now
-		line := progressLine(st, rate)
-		if tty {
-			out.mu.Lock()
-			fmt.Fprintf(stderr, "\r\033[K%s", line)
-			out.progress = true
-			out.mu.Unlock()
-		} else {
-			fmt.Fprintln(stderr, line)
-		}
-	}
-}
-
-func progressLine(st server.Status, rate float64) string {
-	var receiving, done, failed int
-	slowest := int64(-1)
-	for _, c := range st.Clients {
-		switch {
-		case c.State == server.ClientDone:
-			done++
-		case c.State.Final():
-			if c.State != server.ClientLeft {
-				failed++
-			}
-		default:
-			receiving++
-			if b := int64(c.Progress.BytesWritten); slowest < 0 || b < slowest {
-				slowest = b
-			}
-		}
-	}
-	pct := 100.0
-	if slowest >= 0 && st.ImageBytes > 0 {
-		pct = 100 * float64(slowest) / float64(st.ImageBytes)
-	}
-	return fmt.Sprintf("progress %5.1f%% (slowest client)  %s  %s sent  %d repairs  clients: %d active, %d done, %d failed",
-		pct, cli.FormatRate(rate), imaging.HumanBytes(int64(st.Counters.PayloadBytes)), st.Counters.RepairPackets, receiving, done, failed)
+	return runRounds(ctx, cfg, roundOptions{
+		restart: *restart && !*once, clientLog: *logClients, image: *image, format: src.Format(),
+		stdin: stdin, stdout: stdout, stderr: stderr, tui: tui,
+	})
 }
 
 // logLevelFor parses --log-level; by default a terminal gets warnings only
