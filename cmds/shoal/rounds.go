@@ -28,7 +28,8 @@ type roundOptions struct {
 	stdin     io.Reader
 	stdout    io.Writer
 	stderr    io.Writer
-	tui       bool // the live terminal view
+	tui       bool          // the live terminal view
+	logOut    *switchWriter // where log lines go; the live view takes them
 	// onServer, if set, is told of each round's server (the HTTP API).
 	onServer func(*server.Server)
 }
@@ -74,6 +75,10 @@ func runRounds(ctx context.Context, cfg server.Config, opts roundOptions) error 
 		}
 		defer t.restore()
 		v = t
+		if opts.logOut != nil {
+			old := opts.logOut.set(t)
+			defer opts.logOut.set(old)
+		}
 	} else {
 		v = newLineView(opts.stdout, opts.stderr)
 		// "Send now": a line typed on the terminal.

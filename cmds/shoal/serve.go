@@ -71,12 +71,14 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	// The live view takes the log lines over while it is on screen.
+	logOut := &switchWriter{w: stderr}
 	var handler slog.Handler
 	switch *logFormat {
 	case "text":
-		handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})
+		handler = slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level})
 	case "json":
-		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
+		handler = slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level})
 	default:
 		return fmt.Errorf("%w: --log-format %q: want text or json", errUsage, *logFormat)
 	}
@@ -126,13 +128,16 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 
+	if *restart && *once && flagGiven(fs, "once") {
+		return fmt.Errorf("%w: --once and --restart exclude each other", errUsage)
+	}
 	tui := false
 	if f, ok := stdout.(*os.File); ok && !*plain {
 		tui = cli.IsTerminal(f)
 	}
 	return runRounds(ctx, cfg, roundOptions{
-		restart: *restart && !*once, clientLog: *logClients, image: *image, format: src.Format(),
-		stdin: stdin, stdout: stdout, stderr: stderr, tui: tui,
+		restart: *restart, clientLog: *logClients, image: *image, format: src.Format(),
+		stdin: stdin, stdout: stdout, stderr: stderr, tui: tui, logOut: logOut,
 	})
 }
 

@@ -256,3 +256,16 @@ func eta(st server.Status) string {
 	left := time.Duration(float64(elapsed) * (1 - slowest) / slowest)
 	return "ETA " + left.Round(time.Second).String()
 }
+
+// Write takes log lines: the view shows them with the events.
+func (t *tui) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, l := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		t.events = append(t.events, time.Now().Format("15:04:05")+" log: "+l)
+	}
+	if len(t.events) > maxEvents {
+		t.events = t.events[len(t.events)-maxEvents:]
+	}
+	return len(p), nil
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -181,4 +182,33 @@ func progressLine(st server.Status, rate float64) string {
 	}
 	return fmt.Sprintf("progress %5.1f%% (slowest client)  %s  %s sent  %d repairs  clients: %d active, %d done, %d failed",
 		pct, cli.FormatRate(rate), imaging.HumanBytes(int64(st.Counters.PayloadBytes)), st.Counters.RepairPackets, receiving, done, failed)
+}
+
+// switchWriter is an io.Writer whose destination can change: log lines go
+// to stderr, or into the live view while it is on screen.
+type switchWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *switchWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// set changes the destination and returns the old one.
+func (s *switchWriter) set(w io.Writer) io.Writer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.w
+	s.w = w
+	return old
+}
+
+// flagGiven reports whether the flag was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
