@@ -24,8 +24,27 @@ import (
 type Config struct {
 	// Session is the name of the session to join. Required.
 	Session string
-	// Disk is the target: a block device or a regular file. Required.
+	// Disk is the target: a block device or a regular file, or "auto" for
+	// the first non-removable disk large enough that the system did not
+	// boot from. Required.
 	Disk string
+	// SkipZeros leaves zero chunks alone instead of zeroing them, for
+	// disks known to be blank (--zero=skip).
+	SkipZeros bool
+	// NoVerify skips reading the disk back at the end (--verify=false);
+	// the report then says the disk was not verified.
+	NoVerify bool
+	// Grow extends the last partition of a GPT image to the end of a
+	// larger disk.
+	Grow bool
+	// BootDevices and BootPaths name the medium the system booted from
+	// (device paths, and files on it): --disk auto never picks it.
+	BootDevices []string
+	BootPaths   []string
+	// CorruptChunk, if not zero, flips a byte of chunk CorruptChunk-1 on
+	// the disk after writing and before the read-back: fault injection,
+	// so tests can prove a bad disk is reported.
+	CorruptChunk int
 	// Server, if set, is asked directly instead of by broadcast and
 	// multicast (for servers behind a router).
 	Server netip.Addr
@@ -88,8 +107,10 @@ type Result struct {
 	Session  string
 	Server   netip.AddrPort
 	ClientID uint32
-	// OK is true only if every byte read back from the disk matched.
+	// OK is true only if every byte read back from the disk matched (or,
+	// with NoVerify, if everything was written).
 	OK       bool
+	Verified bool // the disk was read back
 	Bytes    int64
 	SHA256   [32]byte
 	BadChunk int // first chunk that read back wrong, or -1
@@ -203,12 +224,19 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 		defer func() { cfg.Status(board.get()) }()
 	}
 
-	target, err := imaging.OpenTarget(cfg.Disk)
-	if err != nil {
-		board.update(func(s *Status) { s.Phase, s.Message = PhaseFailed, err.Error() })
-		return nil, err
+	var target *imaging.Target
+	if cfg.Disk != DiskAuto {
+		// Open it now, so a wrong path is reported before any network work.
+		if target, err = imaging.OpenTarget(cfg.Disk); err != nil {
+			board.update(func(s *Status) { s.Phase, s.Message = PhaseFailed, err.Error() })
+			return nil, err
+		}
 	}
-	defer target.Close()
+	defer func() {
+		if target != nil {
+			target.Close()
+		}
+	}()
 
 	ifi, err := mcast.Pick(cfg.Interface)
 	if err != nil {
@@ -219,7 +247,7 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 
 	var resume *resumeState
 	for {
-		res, kept, err := runOnce(ctx, &cfg, ifi, target, board, resume)
+		res, kept, err := runOnce(ctx, &cfg, ifi, &target, board, resume)
 		if errors.Is(err, ErrServerGone) && ctx.Err() == nil {
 			// Keep what is on disk and wait for the server to come back.
 			if kept != nil {
@@ -259,7 +287,7 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 // runOnce discovers, joins and runs one session, resuming from what an
 // earlier session left on disk. When the server goes away it returns what
 // is on disk now, for the next try.
-func runOnce(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging.Target, board *statusBoard, resume *resumeState) (*Result, *resumeState, error) {
+func runOnce(ctx context.Context, cfg *Config, ifi mcast.Interface, targetp **imaging.Target, board *statusBoard, resume *resumeState) (*Result, *resumeState, error) {
 	found, err := discover(ctx, cfg, ifi, board)
 	if err != nil {
 		return nil, nil, err
@@ -269,6 +297,14 @@ func runOnce(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imag
 		s.Message = "joining " + found.control.String()
 	})
 	// Refuse early, before talking further, when the disk is too small.
+	if *targetp == nil {
+		t, err := selectTarget(cfg, int64(found.offer.ImageSize))
+		if err != nil {
+			return nil, nil, err
+		}
+		*targetp = t
+	}
+	target := *targetp
 	if err := target.CheckFits(int64(found.offer.ImageSize)); err != nil {
 		return nil, nil, err
 	}
@@ -282,10 +318,12 @@ func runOnce(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imag
 }
 
 // resumeState is what a client keeps of a session whose server went away:
-// which chunks of which image are written and verified.
+// which chunks of which image are written and verified, and the writer
+// that holds the first MiB back until the end.
 type resumeState struct {
 	imageSHA256 [32]byte
 	written     []bool
+	writer      *imaging.Writer
 }
 
 func (r *resumeState) count() int {
@@ -329,4 +367,25 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 func hostname() string {
 	h, _ := os.Hostname()
 	return h
+}
+
+// DiskAuto is the Disk value that picks the disk by itself.
+const DiskAuto = "auto"
+
+// selectTarget picks the disk for --disk auto, saying which disks it saw
+// and why it chose one.
+func selectTarget(cfg *Config, imageSize int64) (*imaging.Target, error) {
+	chosen, all, err := imaging.SelectDisk(imageSize, imaging.SelectOptions{BootDevices: cfg.BootDevices, BootPaths: cfg.BootPaths})
+	for _, c := range all {
+		cfg.Logger.Info("disk candidate", "disk", c.String())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--disk auto: %w", err)
+	}
+	cfg.Logger.Warn("--disk auto chose a disk", "disk", chosen.String())
+	t, err := imaging.OpenTarget(chosen.Path)
+	if err != nil {
+		return nil, fmt.Errorf("--disk auto: %w", err)
+	}
+	return t, nil
 }

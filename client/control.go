@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -232,9 +234,19 @@ func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) 
 	log := s.cfg.Logger
 	m := s.manifest
 	res := &Result{Session: s.cfg.Session, Server: s.server.control, ClientID: s.accept.ClientID, BadChunk: -1}
-	if err := s.target.Prepare(m.ImageSize); err != nil {
-		s.ctl.send(&protocol.Report{Error: err.Error(), BadChunk: protocol.NoChunk})
-		return res, err
+	// The writer marks the disk as not imaged before anything else is
+	// written; a resumed session keeps the writer of the first try.
+	w := s.writer()
+	if w == nil {
+		var err error
+		w, err = imaging.NewWriter(s.target, m, imaging.WriterOptions{SkipZeros: s.cfg.SkipZeros, Grow: s.cfg.Grow, Logger: log})
+		if err == nil {
+			err = w.Begin()
+		}
+		if err != nil {
+			s.ctl.send(&protocol.Report{Error: err.Error(), BadChunk: protocol.NoChunk})
+			return res, err
+		}
 	}
 	board.update(func(st *Status) {
 		st.Phase, st.ImageBytes = PhaseWaiting, m.ImageSize
@@ -244,7 +256,7 @@ func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) 
 	events := make(chan serverEvent, 16)
 	go s.readControl(events)
 
-	rcv := newReceiver(s, log)
+	rcv := newReceiver(s, w, log)
 	if s.resumed != nil {
 		rcv.resume(s.resumed.written)
 		log.Info("resuming", "chunks_on_disk", s.resumed.count(), "chunks", len(m.Chunks))
@@ -260,7 +272,9 @@ func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) 
 	err := rcv.run(ctx, events, hbFailed, poke, board)
 	res.Stats = rcv.statsSnapshot()
 	if errors.Is(err, ErrServerGone) {
-		s.kept = &resumeState{imageSHA256: m.ImageSHA256, written: rcv.writtenChunks()}
+		s.kept = &resumeState{imageSHA256: m.ImageSHA256, written: rcv.writtenChunks(), writer: w}
+	} else {
+		defer w.Close()
 	}
 	if err != nil {
 		stopHB()
@@ -268,26 +282,19 @@ func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) 
 		return res, err
 	}
 
-	board.update(func(st *Status) { st.Phase, st.Message = PhaseVerifying, "reading the disk back" })
-	rcv.setPhase(protocol.PhaseVerifying)
-	log.Info("all chunks written; reading back", "bytes", m.ImageSize)
-	rb, err := s.target.ReadBack(ctx, m, func(done int64) { board.update(func(st *Status) { st.BytesRead = done }) })
-	res.Elapsed = time.Since(start)
-	res.Bytes, res.SHA256, res.BadChunk = rb.Bytes, rb.SHA256, rb.BadChunk
-	rep := &protocol.Report{Bytes: uint64(rb.Bytes), SHA256: rb.SHA256, ElapsedMillis: uint64(res.Elapsed.Milliseconds()), BadChunk: protocol.NoChunk}
-	switch {
-	case err != nil:
-		rep.Error = err.Error()
-	case rb.SHA256 != m.ImageSHA256:
-		if rb.BadChunk >= 0 {
-			rep.BadChunk = uint32(rb.BadChunk)
-		}
-		err = fmt.Errorf("read back: disk SHA-256 %x differs from the image's %x (first bad chunk %d)", rb.SHA256, m.ImageSHA256, rb.BadChunk)
-		rep.Error = err.Error()
-	default:
-		rep.OK = true
-		res.OK = true
+	// The first MiB goes on the disk last, then the partition table is
+	// fixed up and re-read.
+	if err := w.Finish(ctx); err != nil {
+		err = fmt.Errorf("finish the disk: %w", err)
+		s.ctl.send(&protocol.Report{Error: err.Error(), BadChunk: protocol.NoChunk, ElapsedMillis: uint64(time.Since(start).Milliseconds())})
+		return res, err
 	}
+	if s.cfg.CorruptChunk > 0 {
+		corruptChunk(s.target, m, s.cfg.CorruptChunk-1, log)
+	}
+	rep, err := s.verify(ctx, w, rcv, board, res)
+	res.Elapsed = time.Since(start)
+	rep.ElapsedMillis = uint64(res.Elapsed.Milliseconds())
 	rcv.setPhase(protocol.PhaseDone)
 	stopHB()
 	if serr := s.ctl.send(rep); serr != nil && err == nil {
@@ -298,8 +305,76 @@ func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) 
 	}
 	// Wait briefly for the server's goodbye so it has our report.
 	waitClose(events, 5*time.Second)
-	log.Info("disk verified", "sha256", fmt.Sprintf("%x", rb.SHA256), "elapsed", res.Elapsed.Round(time.Millisecond))
+	log.Info("disk done", "verified", rep.Verified, "sha256", fmt.Sprintf("%x", res.SHA256), "elapsed", res.Elapsed.Round(time.Millisecond))
 	return res, nil
+}
+
+// writer returns the writer a resumed session inherited, if any.
+func (s *session) writer() *imaging.Writer {
+	if s.resumed != nil {
+		return s.resumed.writer
+	}
+	return nil
+}
+
+// verify reads the disk back (unless told not to) and builds the report.
+func (s *session) verify(ctx context.Context, w *imaging.Writer, rcv *receiver, board *statusBoard, res *Result) (*protocol.Report, error) {
+	m := s.manifest
+	rep := &protocol.Report{BadChunk: protocol.NoChunk}
+	if s.cfg.NoVerify {
+		s.cfg.Logger.Warn("not reading the disk back (--verify=false)")
+		rep.OK, res.OK = true, true
+		rep.Bytes, res.Bytes = uint64(m.ImageSize), m.ImageSize
+		return rep, nil
+	}
+	board.update(func(st *Status) { st.Phase, st.Message = PhaseVerifying, "reading the disk back" })
+	rcv.setPhase(protocol.PhaseVerifying)
+	s.cfg.Logger.Info("all chunks written; reading back", "bytes", m.ImageSize)
+	rb, err := w.Verify(ctx, func(done int64) { board.update(func(st *Status) { st.BytesRead = done }) })
+	res.Bytes, res.SHA256, res.BadChunk = rb.Bytes, rb.SHA256, rb.BadChunk
+	rep.Bytes, rep.SHA256, rep.Verified = uint64(rb.Bytes), rb.SHA256, true
+	res.Verified = true
+	if rb.BadChunk >= 0 {
+		rep.BadChunk = uint32(rb.BadChunk)
+	}
+	switch {
+	case rb.BadChunk >= 0:
+		off, _ := m.ChunkRange(rb.BadChunk)
+		err = fmt.Errorf("read back: chunk %d (offset %d) on the disk differs from the image; disk SHA-256 %x, image %x",
+			rb.BadChunk, off, rb.SHA256, m.ImageSHA256)
+	case err != nil:
+		err = fmt.Errorf("read back: %w", err)
+	case rb.SHA256 != m.ImageSHA256:
+		err = fmt.Errorf("read back: disk SHA-256 %x differs from the image's %x", rb.SHA256, m.ImageSHA256)
+	}
+	if err != nil {
+		rep.Error = err.Error()
+		return rep, err
+	}
+	rep.OK, res.OK = true, true
+	return rep, nil
+}
+
+// corruptChunk flips one byte of chunk i on the disk (fault injection for
+// tests; see Config.CorruptChunk).
+func corruptChunk(t *imaging.Target, m *imaging.Manifest, i int, log *slog.Logger) {
+	if i < 0 || i >= len(m.Chunks) {
+		return
+	}
+	off, n := m.ChunkRange(i)
+	off += int64(n / 2)
+	f, err := os.OpenFile(t.Path(), os.O_RDWR, 0)
+	if err != nil {
+		log.Error("fault injection failed", "err", err)
+		return
+	}
+	defer f.Close()
+	var b [1]byte
+	f.ReadAt(b[:], off)
+	b[0] ^= 0xff
+	f.WriteAt(b[:], off)
+	f.Sync()
+	log.Warn("fault injection: flipped a byte on the disk", "chunk", i, "offset", off)
 }
 
 func waitClose(events <-chan serverEvent, limit time.Duration) {

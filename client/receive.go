@@ -73,6 +73,7 @@ type writeResult struct {
 // but the writer runs on the goroutine that calls run.
 type receiver struct {
 	s       *session
+	w       *imaging.Writer
 	log     *slog.Logger
 	m       *imaging.Manifest
 	conn    *ipv4.PacketConn
@@ -100,7 +101,7 @@ type receiver struct {
 	statsOut Stats
 }
 
-func newReceiver(s *session, log *slog.Logger) *receiver {
+func newReceiver(s *session, w *imaging.Writer, log *slog.Logger) *receiver {
 	m := s.manifest
 	window := min(s.cfg.BufferChunks, len(m.Chunks))
 	bufSize := 0
@@ -108,7 +109,7 @@ func newReceiver(s *session, log *slog.Logger) *receiver {
 		bufSize = max(bufSize, int(c.WireSize))
 	}
 	return &receiver{
-		s: s, log: log, m: m, conn: ipv4.NewPacketConn(s.data),
+		s: s, w: w, log: log, m: m, conn: ipv4.NewPacketConn(s.data),
 		payload: int(s.accept.PayloadSize), window: window,
 		chunks: make([]chunkState, len(m.Chunks)), asm: map[int]*assembly{},
 		bufSize: bufSize,
@@ -537,19 +538,17 @@ func (r *receiver) writer(ctx context.Context) {
 			continue // drain so the receiver never blocks
 		}
 		res := writeResult{chunk: job.chunk, buf: job.buf}
-		off, n := r.m.ChunkRange(job.chunk)
 		if job.wire == nil {
-			if err := r.s.target.Zero(off, int64(n)); err != nil {
+			if err := r.w.ZeroChunk(job.chunk); err != nil {
 				res.err = fmt.Errorf("zero chunk %d: %w", job.chunk, err)
 			}
 		} else {
+			// Decode checks the SHA-256 before a byte reaches the disk.
 			data, err := dec.Decode(r.m, job.chunk, job.wire)
 			if err != nil {
 				res.bad = true
-			} else {
-				if err := r.s.target.WriteAt(data, off); err != nil {
-					res.err = fmt.Errorf("chunk %d: %w", job.chunk, err)
-				}
+			} else if err := r.w.WriteChunk(job.chunk, data); err != nil {
+				res.err = fmt.Errorf("chunk %d: %w", job.chunk, err)
 			}
 		}
 		select {

@@ -162,6 +162,9 @@ type Report struct {
 	ElapsedMillis uint64
 	BadChunk      uint32 // NoChunk, or the first chunk that read back wrong
 	Error         string
+	// Verified is true when Bytes and SHA256 were read back from the disk;
+	// a client told not to verify reports OK without them.
+	Verified bool
 }
 
 // Close reasons.
@@ -504,7 +507,8 @@ func (m *Report) appendBody(b []byte) []byte {
 	b = append(b, m.SHA256[:]...)
 	b = binary.BigEndian.AppendUint64(b, m.ElapsedMillis)
 	b = binary.BigEndian.AppendUint32(b, m.BadChunk)
-	return appendStr(b, m.Error)
+	b = appendStr(b, m.Error)
+	return appendBool(b, m.Verified)
 }
 
 func (m *Report) decodeBody(b []byte) error {
@@ -515,6 +519,7 @@ func (m *Report) decodeBody(b []byte) error {
 	m.ElapsedMillis = r.u64("elapsed")
 	m.BadChunk = r.u32("bad chunk")
 	m.Error = r.str("error")
+	m.Verified = r.bool("verified")
 	return r.done()
 }
 

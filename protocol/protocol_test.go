@@ -34,7 +34,7 @@ func samples() map[string]Message {
 		"redirect": &Redirect{Group: netip.MustParseAddr("10.77.0.255"), Port: 9941, Why: "no client hears the multicast group"},
 		"nack":     &Nack{Ranges: []NackRange{{Chunk: 4, First: 0, Count: 3}, {Chunk: 5, First: 700, Count: 33}}},
 		"report": &Report{OK: true, Bytes: 64 << 20, SHA256: [32]byte{1, 2, 3}, ElapsedMillis: 12345,
-			BadChunk: NoChunk, Error: ""},
+			BadChunk: NoChunk, Error: "", Verified: true},
 		"close":  &Close{Code: CloseDropped, Reason: "no feedback for 8s"},
 		"data":   &Data{Chunk: 5, Frag: 2, FragCount: 733, SendPos: 5, Seq: 99, Payload: []byte("hello, disk")},
 		"beacon": &Beacon{SendPos: 64, Seq: 100, State: BeaconFinished, Rate: 1e9},

@@ -75,6 +75,9 @@ func (s *Summary) WriteTable(w io.Writer) {
 	fmt.Fprintf(tw, "CLIENT\tMAC\tIP\tRESULT\tBYTES\tSHA-256 (read back)\tTIME\n")
 	for _, c := range s.Clients {
 		result := "ok"
+		if c.OK && !c.Verified {
+			result = "ok-unverified"
+		}
 		if !c.OK {
 			result = string(c.State)
 			if c.State == ClientDone {
@@ -82,7 +85,7 @@ func (s *Summary) WriteTable(w io.Writer) {
 			}
 		}
 		sum := "-"
-		if c.Bytes > 0 {
+		if c.Bytes > 0 && c.Verified {
 			sum = fmt.Sprintf("%x", c.SHA256)
 		}
 		elapsed := "-"

@@ -9,7 +9,7 @@ import (
 )
 
 func TestSummary(t *testing.T) {
-	good := ClientInfo{ID: 1, MAC: "02:00:00:00:00:01", Addr: netip.MustParseAddr("10.0.0.1"), State: ClientDone, OK: true,
+	good := ClientInfo{ID: 1, MAC: "02:00:00:00:00:01", Addr: netip.MustParseAddr("10.0.0.1"), State: ClientDone, OK: true, Verified: true,
 		Bytes: 4096, SHA256: [32]byte{0xab}, Elapsed: 1500 * time.Millisecond, BadChunk: -1}
 	bad := ClientInfo{ID: 2, MAC: "02:00:00:00:00:02", Addr: netip.MustParseAddr("10.0.0.2"), State: ClientDropped,
 		Error: "no feedback for 8s", BadChunk: -1}

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -47,7 +48,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var (
 		session = fs.String("session", "", "session name to join (required)")
-		disk    = fs.String("disk", "", "disk to write: a block device such as /dev/sda, or a file (required)")
+		disk    = fs.String("disk", "", "disk to write: a block device such as /dev/sda, a file, or auto (the first non-removable disk large enough) (required)")
+		zero    = fs.String("zero", "write", "zero chunks: write (zero them on the disk) or skip (the disk is known to be blank)")
+		verify  = fs.Bool("verify", true, "read the disk back at the end and compare it with the image")
+		grow    = fs.Bool("grow", false, "extend the last partition of a GPT image to the end of a larger disk (the file system is not grown)")
 		srvAddr = fs.String("server", "", "server address to ask directly (default: ask by broadcast and multicast)")
 		iface   = fs.String("interface", "", "network interface (default: the default route's)")
 		buffer  = fs.Int("buffer", client.DefaultBufferChunks, "chunks to buffer ahead of the disk")
@@ -64,7 +68,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return fmt.Errorf("%w: --session and --disk are required", errUsage)
 	}
-	cfg := client.Config{Session: *session, Disk: *disk, Interface: *iface, BufferChunks: *buffer}
+	cfg := client.Config{Session: *session, Disk: *disk, Interface: *iface, BufferChunks: *buffer, NoVerify: !*verify, Grow: *grow}
+	switch *zero {
+	case "write":
+	case "skip":
+		cfg.SkipZeros = true
+	default:
+		return fmt.Errorf("%w: --zero %q: want write or skip", errUsage, *zero)
+	}
+	// Fault injection for tests: corrupt this chunk on the disk before
+	// the read-back, to prove a bad disk is reported.
+	if v := os.Getenv("SHOAL_FAULT_CORRUPT_CHUNK"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("%w: SHOAL_FAULT_CORRUPT_CHUNK=%q: want a chunk number", errUsage, v)
+		}
+		cfg.CorruptChunk = n + 1
+	}
 	if *srvAddr != "" {
 		a, err := netip.ParseAddr(*srvAddr)
 		if err != nil || !a.Is4() {
@@ -95,8 +115,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "RESULT: FAILED: %v\n", err)
 		return err
 	}
-	fmt.Fprintf(stdout, "RESULT: OK %s verified: %d bytes, SHA-256 %x, %s (%d packets lost and repaired)\n",
-		*disk, res.Bytes, res.SHA256, res.Elapsed.Round(10*time.Millisecond), res.Stats.Lost)
+	if res.Verified {
+		fmt.Fprintf(stdout, "RESULT: OK %s verified: %d bytes, SHA-256 %x, %s (%d packets lost and repaired)\n",
+			*disk, res.Bytes, res.SHA256, res.Elapsed.Round(10*time.Millisecond), res.Stats.Lost)
+	} else {
+		fmt.Fprintf(stdout, "RESULT: OK %s written, NOT read back (--verify=false): %d bytes, %s\n",
+			*disk, res.Bytes, res.Elapsed.Round(10*time.Millisecond))
+	}
 	if st := res.Stats; st.Forged+st.Replayed+st.BadPackets+st.Foreign > 0 {
 		fmt.Fprintf(stdout, "dropped packets: %d forged, %d replayed, %d malformed, %d of other sessions\n",
 			st.Forged, st.Replayed, st.BadPackets, st.Foreign)

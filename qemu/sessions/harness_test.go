@@ -42,7 +42,11 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	binDir = dir
-	return m.Run()
+	code := m.Run()
+	if realistic.dir != "" {
+		os.RemoveAll(realistic.dir)
+	}
+	return code
 }
 
 // requireLab skips the test when the lab cannot run here, unless
