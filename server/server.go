@@ -526,6 +526,7 @@ type Status struct {
 	ImageBytes int64
 	WireBytes  int64
 	Started    time.Time
+	Finished   time.Time
 	Counters   Counters
 	Clients    []ClientInfo
 }
@@ -537,7 +538,7 @@ func (s *Server) Status() Status {
 	st := Status{
 		Session: s.cfg.Session, State: s.state, Group: s.dest, Mode: s.mode,
 		ImageBytes: s.manifest.ImageSize, WireBytes: s.manifest.WireBytes(),
-		Started: s.started, Counters: s.counters,
+		Started: s.started, Finished: s.finished, Counters: s.counters,
 	}
 	for _, c := range s.clients {
 		st.Clients = append(st.Clients, c.info())

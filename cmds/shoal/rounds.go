@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync"
@@ -30,8 +33,8 @@ type roundOptions struct {
 	stderr    io.Writer
 	tui       bool          // the live terminal view
 	logOut    *switchWriter // where log lines go; the live view takes them
-	// onServer, if set, is told of each round's server (the HTTP API).
-	onServer func(*server.Server)
+	// httpAddr, if set, is where the status API and metrics are served.
+	httpAddr string
 }
 
 // operator is what the person at the server can ask for, whichever view
@@ -59,6 +62,16 @@ func runRounds(ctx context.Context, cfg server.Config, opts roundOptions) error 
 		defer clog.close()
 	}
 	op := &operator{}
+	var onServer func(*server.Server)
+	if opts.httpAddr != "" {
+		api := server.NewAPI()
+		stop, err := serveHTTP(ctx, opts.httpAddr, api.Handler(), cfg.Logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		onServer = api.SetServer
+	}
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 	defer signal.Stop(usr1)
@@ -98,8 +111,8 @@ func runRounds(ctx context.Context, cfg server.Config, opts roundOptions) error 
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
 		op.current.Store(srv)
-		if opts.onServer != nil {
-			opts.onServer(srv)
+		if onServer != nil {
+			onServer(srv)
 		}
 		if !opts.tui {
 			fmt.Fprintf(opts.stdout, "session %q round %d: %s (%s, %s, %d chunks, %s to send), SHA-256 %x\n",
@@ -210,3 +223,29 @@ func (l *clientLog) write(sum *server.Summary, round int) error {
 }
 
 func (l *clientLog) close() { l.f.Close() }
+
+// serveHTTP serves handler on addr until the returned stop is called.
+func serveHTTP(ctx context.Context, addr string, handler http.Handler, log *slog.Logger) (stop func(), err error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--http %s: %w", addr, err)
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && log != nil {
+			log.Error("http server", "err", err)
+		}
+	}()
+	if log != nil {
+		log.Info("status API and metrics", "addr", ln.Addr().String())
+	}
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		hs.Shutdown(sctx)
+		<-done
+	}, nil
+}

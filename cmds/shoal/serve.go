@@ -47,6 +47,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		once       = fs.Bool("once", true, "serve one session and exit (the default; --restart overrides it)")
 		logClients = fs.String("log-clients", "", "append one JSON line per client per session to this file")
 		plain      = fs.Bool("plain", false, "plain log lines even on a terminal (no live view)")
+		httpAddr   = fs.String("http", "", "serve the status API (/api/status, POST /api/start) and Prometheus /metrics on this address, e.g. :8080")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: shoal serve --session NAME --image FILE [flags]\n\n"+
@@ -137,7 +138,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	}
 	return runRounds(ctx, cfg, roundOptions{
 		restart: *restart, clientLog: *logClients, image: *image, format: src.Format(),
-		stdin: stdin, stdout: stdout, stderr: stderr, tui: tui, logOut: logOut,
+		stdin: stdin, stdout: stdout, stderr: stderr, tui: tui, logOut: logOut, httpAddr: *httpAddr,
 	})
 }
 

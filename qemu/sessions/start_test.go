@@ -1,16 +1,21 @@
 package sessions
 
 import (
+	"net/http"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-lab/shoal/qemu/lab"
 )
 
 // TestStartCriteria checks Ghost's start criteria one by one: each starts a
 // session on its own, and none starts it early.
 func TestStartCriteria(t *testing.T) {
 	var startAt time.Time
+	var apiHost *lab.Host // where the HTTP request comes from
+	var srvAddr string
 	tests := []struct {
 		name string
 		// args are extra server flags; trigger does what starts the session
@@ -20,6 +25,23 @@ func TestStartCriteria(t *testing.T) {
 		clients int
 		trigger func(t *testing.T, srv *proc, joined time.Time) time.Time
 	}{
+		{
+			name: "POST /api/start", clients: 1,
+			args: func() []string { return []string{"--http", ":8089"} },
+			trigger: func(t *testing.T, srv *proc, joined time.Time) time.Time {
+				time.Sleep(time.Second)
+				at := time.Now()
+				resp, err := httpClientIn(apiHost).Post("http://"+srvAddr+":8089/api/start", "application/json", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					t.Fatalf("POST /api/start: %s", resp.Status)
+				}
+				return at
+			},
+		},
 		{
 			name: "min clients", clients: 2,
 			args:    func() []string { return []string{"--min-clients", "2"} },
@@ -66,6 +88,7 @@ func TestStartCriteria(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			hosts := newLab(t, "srv", "c1", "c2")
+			apiHost, srvAddr = hosts["c2"], hosts["srv"].Addr.String()
 			img, sum := randomImage(t, 4*mib, 8)
 			dir := t.TempDir()
 			args := append([]string{"serve", "--session", "go", "--image", img}, tt.args()...)
