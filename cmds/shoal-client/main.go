@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/shoal-lab/shoal/client"
-	"github.com/shoal-lab/shoal/imaging"
 	"github.com/shoal-lab/shoal/internal/cli"
 	"github.com/shoal-lab/shoal/internal/prof"
 	"github.com/shoal-lab/shoal/protocol"
@@ -178,24 +177,4 @@ func (d *display) end() {
 	}
 }
 
-func statusLine(st client.Status) string {
-	switch st.Phase {
-	case client.PhaseReceiving:
-		pct := 0.0
-		if st.ImageBytes > 0 {
-			pct = 100 * float64(st.BytesWritten) / float64(st.ImageBytes)
-		}
-		rate := ""
-		if s := st.Elapsed.Seconds(); s > 0 {
-			rate = cli.FormatRate(float64(st.BytesWritten) * 8 / s)
-		}
-		return fmt.Sprintf("[%s] receiving %5.1f%%  %s of %s  %s  lost+repaired %d", st.Session, pct,
-			imaging.HumanBytes(st.BytesWritten), imaging.HumanBytes(st.ImageBytes), rate, st.Lost)
-	case client.PhaseVerifying:
-		return fmt.Sprintf("[%s] verifying: read back %s of %s", st.Session, imaging.HumanBytes(st.BytesRead), imaging.HumanBytes(st.ImageBytes))
-	}
-	if st.Message != "" {
-		return fmt.Sprintf("[%s] %s: %s", st.Session, st.Phase, st.Message)
-	}
-	return fmt.Sprintf("[%s] %s", st.Session, st.Phase)
-}
+func statusLine(st client.Status) string { return st.Line() }
