@@ -130,6 +130,8 @@ type Stats struct {
 	Foreign    uint64 // packets of another session
 	BadChunks  uint64 // chunks whose SHA-256 did not match, fetched again
 	Heard      uint64 // packets of our session's stream, beacons included
+	Parity     uint64 // parity shards taken
+	Rebuilt    uint64 // fragments rebuilt from parity
 }
 
 // ErrRefused wraps a server's refusal.

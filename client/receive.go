@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/fec"
 	"github.com/shoal-lab/shoal/internal/mcast"
 	"github.com/shoal-lab/shoal/protocol"
 )
@@ -47,10 +48,20 @@ type chunkState struct {
 
 // assembly collects the fragments of one chunk.
 type assembly struct {
-	buf   []byte
-	have  []uint64 // bitmap of fragments received
-	count int
-	frags int
+	buf    []byte
+	have   []uint64 // bitmap of fragments received (or rebuilt)
+	count  int
+	frags  int
+	layout fec.Layout
+	// Per stripe: fragments held, and parity shards received (by index)
+	// while the stripe is incomplete.
+	stripeHave []int
+	parity     map[int]map[int][]byte
+}
+
+func newAssembly(buf []byte, frags, payload int) *assembly {
+	l := fec.NewLayout(frags, payload)
+	return &assembly{buf: buf, have: make([]uint64, (frags+63)/64), frags: frags, layout: l, stripeHave: make([]int, l.Stripes)}
 }
 
 func (a *assembly) has(f int) bool { return a.have[f/64]&(1<<(f%64)) != 0 }
@@ -72,6 +83,7 @@ type writeResult struct {
 // receiver turns the data stream into verified chunks on disk. Everything
 // but the writer runs on the goroutine that calls run.
 type receiver struct {
+	codec   *fec.Codec
 	s       *session
 	w       *imaging.Writer
 	log     *slog.Logger
@@ -109,7 +121,7 @@ func newReceiver(s *session, w *imaging.Writer, log *slog.Logger) *receiver {
 		bufSize = max(bufSize, int(c.WireSize))
 	}
 	return &receiver{
-		s: s, w: w, log: log, m: m, conn: ipv4.NewPacketConn(s.data),
+		s: s, w: w, log: log, m: m, conn: ipv4.NewPacketConn(s.data), codec: fec.NewCodec(),
 		payload: int(s.accept.PayloadSize), window: window,
 		chunks: make([]chunkState, len(m.Chunks)), asm: map[int]*assembly{},
 		bufSize: bufSize,
@@ -330,6 +342,15 @@ func (r *receiver) handle(pkt []byte, now time.Time) bool {
 		r.started = true
 		r.advance(int(d.SendPos), now)
 		r.data(&d, h.Flags&protocol.FlagRepair != 0)
+	case protocol.TypeParity:
+		var p protocol.Parity
+		if err := protocol.DecodeBody(h, body, &p); err != nil {
+			r.stats.BadPackets++
+			return true
+		}
+		r.started = true
+		r.advance(int(p.SendPos), now)
+		r.parity(&p)
 	case protocol.TypeBeacon:
 		var b protocol.Beacon
 		if err := protocol.DecodeBody(h, body, &b); err != nil {
@@ -390,11 +411,7 @@ func (r *receiver) data(d *protocol.Data, repair bool) {
 		r.stats.BadPackets++
 		return
 	}
-	a := r.asm[c]
-	if a == nil {
-		a = &assembly{buf: r.getBuf()[:info.WireSize], have: make([]uint64, (frags+63)/64), frags: frags}
-		r.asm[c] = a
-	}
+	a := r.assembly(c, frags)
 	if a.has(f) {
 		r.stats.Duplicates++
 		return
@@ -402,14 +419,92 @@ func (r *receiver) data(d *protocol.Data, repair bool) {
 	copy(a.buf[f*r.payload:], d.Payload)
 	a.set(f)
 	a.count++
+	s, _ := a.layout.Stripe(f)
+	a.stripeHave[s]++
 	if !repair {
 		r.stats.Received++
 	}
+	r.rebuild(c, a, s)
+	r.complete(c, a)
+}
+
+// assembly returns chunk c's assembly, starting one if needed.
+func (r *receiver) assembly(c, frags int) *assembly {
+	a := r.asm[c]
+	if a == nil {
+		a = newAssembly(r.getBuf()[:r.m.Chunks[c].WireSize], frags, r.payload)
+		r.asm[c] = a
+	}
+	return a
+}
+
+// complete hands a chunk with every fragment to the writer.
+func (r *receiver) complete(c int, a *assembly) {
 	if a.count == a.frags {
 		delete(r.asm, c)
 		r.chunks[c].state = chunkQueued
 		r.writeQ <- writeJob{chunk: c, wire: a.buf, buf: a.buf}
 	}
+}
+
+// parity stores a repair shard and rebuilds its stripe when it can.
+func (r *receiver) parity(p *protocol.Parity) {
+	c := int(p.Chunk)
+	if c >= len(r.chunks) || r.m.Chunks[c].Encoding == imaging.EncodingZero || int(p.Index) >= fec.MaxParity || len(p.Payload) != r.payload {
+		r.stats.BadPackets++
+		return
+	}
+	if r.chunks[c].state != chunkMissing || c < r.lowWater || c >= r.lowWater+r.window {
+		r.stats.Duplicates++
+		return
+	}
+	frags := (int(r.m.Chunks[c].WireSize) + r.payload - 1) / r.payload
+	a := r.assembly(c, frags)
+	s := int(p.Stripe)
+	if s >= a.layout.Stripes {
+		r.stats.BadPackets++
+		return
+	}
+	if a.stripeHave[s] >= a.layout.DataShards(s) {
+		r.stats.Duplicates++ // the stripe is whole already
+		return
+	}
+	if a.parity == nil {
+		a.parity = map[int]map[int][]byte{}
+	}
+	if a.parity[s] == nil {
+		a.parity[s] = map[int][]byte{}
+	}
+	if _, dup := a.parity[s][int(p.Index)]; dup {
+		r.stats.Duplicates++
+		return
+	}
+	a.parity[s][int(p.Index)] = append([]byte(nil), p.Payload...)
+	r.stats.Parity++
+	r.rebuild(c, a, s)
+	r.complete(c, a)
+}
+
+// rebuild fills stripe s of chunk c from its parity once enough shards are
+// there.
+func (r *receiver) rebuild(c int, a *assembly, s int) {
+	k := a.layout.DataShards(s)
+	if a.stripeHave[s] >= k || a.stripeHave[s]+len(a.parity[s]) < k {
+		return
+	}
+	rebuilt, err := r.codec.Rebuild(a.layout, a.buf, s, a.has, a.parity[s])
+	if err != nil {
+		r.log.Warn("rebuilding a stripe failed", "chunk", c, "stripe", s, "err", err)
+		delete(a.parity, s)
+		return
+	}
+	for _, f := range rebuilt {
+		a.set(f)
+		a.count++
+	}
+	a.stripeHave[s] += len(rebuilt)
+	r.stats.Rebuilt += uint64(len(rebuilt))
+	delete(a.parity, s)
 }
 
 func (r *receiver) getBuf() []byte {
@@ -478,6 +573,7 @@ func (r *receiver) result(res writeResult) error {
 // scan asks for the missing fragments of chunks the sender has passed.
 func (r *receiver) scan(now time.Time) error {
 	var ranges []protocol.NackRange
+	var stripes []protocol.StripeNeed
 	end := min(r.sendPos, r.lowWater+r.window, len(r.chunks))
 	for c := r.lowWater; c < end && len(ranges) < protocol.MaxNackRanges-64; c++ {
 		cs := &r.chunks[c]
@@ -489,6 +585,7 @@ func (r *receiver) scan(now time.Time) error {
 		}
 		before := len(ranges)
 		ranges = r.missing(c, ranges)
+		stripes = r.stripeNeeds(c, stripes)
 		if !cs.asked {
 			cs.asked = true
 			for _, nr := range ranges[before:] {
@@ -501,10 +598,27 @@ func (r *receiver) scan(now time.Time) error {
 		return nil
 	}
 	r.stats.Nacks++
-	if err := r.s.ctl.send(&protocol.Nack{Ranges: ranges}); err != nil {
+	if err := r.s.ctl.send(&protocol.Nack{Ranges: ranges, Stripes: stripes}); err != nil {
 		return fmt.Errorf("%w: %v", ErrServerGone, err)
 	}
 	return nil
+}
+
+// stripeNeeds appends, for each stripe of chunk c that parity can rebuild,
+// how many more parity shards it needs. A stripe that lacks more than
+// half the parity a stripe can have is left to fragment repair.
+func (r *receiver) stripeNeeds(c int, needs []protocol.StripeNeed) []protocol.StripeNeed {
+	a := r.asm[c]
+	if a == nil {
+		return needs // everything lost: fragments are cheaper than parity
+	}
+	for s := 0; s < a.layout.Stripes; s++ {
+		need := a.layout.DataShards(s) - a.stripeHave[s] - len(a.parity[s])
+		if need > 0 && need <= fec.MaxParity/2 {
+			needs = append(needs, protocol.StripeNeed{Chunk: uint32(c), Stripe: uint16(s), Need: uint16(need)})
+		}
+	}
+	return needs
 }
 
 // missing appends the ranges of fragments chunk c lacks.

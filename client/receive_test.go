@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/fec"
 	"github.com/shoal-lab/shoal/protocol"
 )
 
@@ -29,7 +30,8 @@ func newTestReceiver(t *testing.T) (*receiver, [][]byte) {
 	}}
 	s := &session{cfg: &Config{BufferChunks: 8}, manifest: m, accept: protocol.Accept{PayloadSize: 1000}}
 	r := &receiver{
-		s: s, log: slog.New(slog.DiscardHandler), m: m, payload: 1000, window: 8,
+		codec: fec.NewCodec(),
+		s:     s, log: slog.New(slog.DiscardHandler), m: m, payload: 1000, window: 8,
 		chunks: make([]chunkState, 3), asm: map[int]*assembly{}, bufSize: chunk,
 		writeQ: make(chan writeJob, 8), results: make(chan writeResult, 8),
 	}

@@ -66,6 +66,9 @@ func normalize(m Message) Message {
 		if len(v.Ranges) == 0 {
 			v.Ranges = nil
 		}
+		if len(v.Stripes) == 0 {
+			v.Stripes = nil
+		}
 	}
 	return m
 }

@@ -146,10 +146,35 @@ type NackRange struct {
 	Count uint16
 }
 
-// Nack asks the server to send fragments again.
-type Nack struct {
-	Ranges []NackRange
+// StripeNeed asks for Need more parity shards of one stripe of a chunk
+// (see package fec): the client lacks that many shards to rebuild it.
+type StripeNeed struct {
+	Chunk  uint32
+	Stripe uint16
+	Need   uint16
 }
+
+// Nack asks the server to send fragments again: by fragment, and, in a
+// session with FEC, by how many parity shards each stripe still needs.
+// The server answers a stripe need with parity while it has parity left,
+// and with the fragments named in Ranges after that.
+type Nack struct {
+	Ranges  []NackRange
+	Stripes []StripeNeed
+}
+
+// Parity carries one Reed-Solomon parity shard of one stripe of a chunk.
+type Parity struct {
+	Chunk   uint32
+	Stripe  uint16
+	Index   uint16 // parity shard index within the stripe
+	SendPos uint32
+	Seq     uint32
+	Payload []byte
+}
+
+// ParityHeaderSize is the part of a parity body before the shard.
+const ParityHeaderSize = 16
 
 // NoChunk is Report.BadChunk when no chunk is to blame.
 const NoChunk = ^uint32(0)
@@ -227,6 +252,7 @@ func (*Close) Type() Type     { return TypeClose }
 func (*Data) Type() Type      { return TypeData }
 func (*Beacon) Type() Type    { return TypeBeacon }
 func (*Redirect) Type() Type  { return TypeRedirect }
+func (*Parity) Type() Type    { return TypeParity }
 
 // maxMAC bounds a hardware address (InfiniBand's is 20 bytes).
 const maxMAC = 32
@@ -478,6 +504,16 @@ func (m *Nack) appendBody(b []byte) []byte {
 		b = binary.BigEndian.AppendUint16(b, nr.First)
 		b = binary.BigEndian.AppendUint16(b, nr.Count)
 	}
+	stripes := m.Stripes
+	if len(stripes) > MaxNackRanges {
+		stripes = stripes[:MaxNackRanges]
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(stripes)))
+	for _, sn := range stripes {
+		b = binary.BigEndian.AppendUint32(b, sn.Chunk)
+		b = binary.BigEndian.AppendUint16(b, sn.Stripe)
+		b = binary.BigEndian.AppendUint16(b, sn.Need)
+	}
 	return b
 }
 
@@ -487,8 +523,8 @@ func (m *Nack) decodeBody(b []byte) error {
 	if n > MaxNackRanges {
 		r.fail("%d ranges, at most %d", n, MaxNackRanges)
 	}
-	if r.err == nil && len(r.b) != 8*n {
-		r.fail("%d ranges need %d bytes, have %d", n, 8*n, len(r.b))
+	if r.err == nil && len(r.b) < 8*n+2 {
+		r.fail("%d ranges need %d bytes, have %d", n, 8*n+2, len(r.b))
 	}
 	m.Ranges = m.Ranges[:0]
 	for i := 0; i < n && r.err == nil; i++ {
@@ -497,6 +533,21 @@ func (m *Nack) decodeBody(b []byte) error {
 			r.fail("range %d: first %d count %d", i, nr.First, nr.Count)
 		}
 		m.Ranges = append(m.Ranges, nr)
+	}
+	ns := int(r.u16("stripe count"))
+	if ns > MaxNackRanges {
+		r.fail("%d stripes, at most %d", ns, MaxNackRanges)
+	}
+	if r.err == nil && len(r.b) != 8*ns {
+		r.fail("%d stripes need %d bytes, have %d", ns, 8*ns, len(r.b))
+	}
+	m.Stripes = m.Stripes[:0]
+	for i := 0; i < ns && r.err == nil; i++ {
+		sn := StripeNeed{Chunk: r.u32("chunk"), Stripe: r.u16("stripe"), Need: r.u16("need")}
+		if sn.Need == 0 {
+			r.fail("stripe need %d is 0", i)
+		}
+		m.Stripes = append(m.Stripes, sn)
 	}
 	return r.done()
 }
@@ -557,6 +608,28 @@ func (m *Data) decodeBody(b []byte) error {
 	if m.FragCount == 0 || m.Frag >= m.FragCount {
 		return fmt.Errorf("%w: fragment %d of %d", ErrBody, m.Frag, m.FragCount)
 	}
+	return nil
+}
+
+func (m *Parity) appendBody(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.Chunk)
+	b = binary.BigEndian.AppendUint16(b, m.Stripe)
+	b = binary.BigEndian.AppendUint16(b, m.Index)
+	b = binary.BigEndian.AppendUint32(b, m.SendPos)
+	b = binary.BigEndian.AppendUint32(b, m.Seq)
+	return append(b, m.Payload...)
+}
+
+func (m *Parity) decodeBody(b []byte) error {
+	if len(b) < ParityHeaderSize+1 {
+		return fmt.Errorf("%w: parity body of %d bytes", ErrBody, len(b))
+	}
+	m.Chunk = binary.BigEndian.Uint32(b)
+	m.Stripe = binary.BigEndian.Uint16(b[4:])
+	m.Index = binary.BigEndian.Uint16(b[6:])
+	m.SendPos = binary.BigEndian.Uint32(b[8:])
+	m.Seq = binary.BigEndian.Uint32(b[12:])
+	m.Payload = b[ParityHeaderSize:]
 	return nil
 }
 

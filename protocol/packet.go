@@ -48,6 +48,7 @@ const (
 	TypeRedirect  Type = 19 // server → client: the data stream moves (multicast → broadcast fallback)
 	TypeData      Type = 20 // server → group: one fragment of one chunk
 	TypeBeacon    Type = 21 // server → group: sender position while idle, and state
+	TypeParity    Type = 22 // server → group: a Reed-Solomon repair shard
 )
 
 func (t Type) String() string {
@@ -84,6 +85,8 @@ func (t Type) String() string {
 		return "data"
 	case TypeBeacon:
 		return "beacon"
+	case TypeParity:
+		return "parity"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -218,6 +221,8 @@ func NewMessage(t Type) (Message, error) {
 		return new(Data), nil
 	case TypeBeacon:
 		return new(Beacon), nil
+	case TypeParity:
+		return new(Parity), nil
 	}
 	return nil, fmt.Errorf("%w %d", ErrType, uint8(t))
 }

@@ -290,7 +290,7 @@ func (s *Server) fromClient(c *client, m protocol.Message) {
 		c.nacks += uint64(len(v.Ranges))
 		s.counters.NackRanges += uint64(len(v.Ranges))
 		s.mu.Unlock()
-		s.repairs.add(v.Ranges, s.manifest, s.payload)
+		s.repairs.add(v, s.manifest, s.payload)
 		s.poke(s.wake)
 	case *protocol.Report:
 		s.finishClient(c, v)

@@ -112,8 +112,8 @@ func (s *Summary) WriteTable(w io.Writer) {
 	}
 	fmt.Fprintf(w, "image %s: %s, SHA-256 %x\n", s.Image, imaging.HumanBytes(s.ImageBytes), s.ImageSHA256)
 	k := s.Counters
-	fmt.Fprintf(w, "sent %s of chunk data in %d packets (%d repairs) in %s; %d of %d clients verified\n",
-		imaging.HumanBytes(int64(k.PayloadBytes)), k.DataPackets+k.RepairPackets, k.RepairPackets,
+	fmt.Fprintf(w, "sent %s of chunk data in %d packets (%d repairs, %d of them parity) in %s; %d of %d clients verified\n",
+		imaging.HumanBytes(int64(k.PayloadBytes)), k.DataPackets+k.RepairPackets, k.RepairPackets, k.ParityPackets,
 		dur.Round(10*time.Millisecond), len(s.Clients)-s.Failed(), len(s.Clients))
 	if !s.OK() {
 		if len(s.Clients) == 0 {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/fec"
 	"github.com/shoal-lab/shoal/protocol"
 )
 
@@ -38,6 +39,9 @@ type sender struct {
 	rate  *rateControl
 	pace  pacer
 	cache chunkCache
+	codec *fec.Codec
+	// nextParity is the next unsent parity shard of each stripe repaired.
+	nextParity map[parityKey]int
 
 	bufs    [][]byte   // encoded packets of the batch
 	buffers [][][]byte // one Buffers slice per packet, shared by its copies
@@ -58,6 +62,8 @@ func newSender(s *Server, conn *net.UDPConn) *sender {
 		rate: newRateControl(s.cfg.MaxRate),
 	}
 	snd.cache = newChunkCache(max(4, cacheBytes/s.manifest.ChunkSize))
+	snd.codec = fec.NewCodec()
+	snd.nextParity = map[parityKey]int{}
 	snd.bufs = make([][]byte, maxBatch)
 	snd.buffers = make([][][]byte, maxBatch)
 	for i := range snd.bufs {
@@ -212,14 +218,31 @@ func (snd *sender) sendChunk(ctx context.Context, i int) error {
 	return nil
 }
 
-func (snd *sender) sendRepair(ctx context.Context, i int, bits []uint64) error {
+// sendRepair answers what clients asked of one chunk: parity shards for
+// the stripes that need them while the stripe has parity left, the asked-
+// for fragments otherwise.
+func (snd *sender) sendRepair(ctx context.Context, i int, req *repairRequest) error {
 	wire, err := snd.chunkWire(i)
 	if err != nil {
 		return err
 	}
 	frags := (len(wire) + snd.s.payload - 1) / snd.s.payload
+	layout := fec.NewLayout(frags, snd.s.payload)
+	served := map[int]bool{} // stripes answered with parity
+	for s, need := range req.need {
+		sent, err := snd.sendParity(ctx, i, wire, layout, int(s), int(need))
+		if err != nil {
+			return err
+		}
+		if sent >= int(need) {
+			served[int(s)] = true
+		}
+	}
 	for f := 0; f < frags; f++ {
-		if bits[f/64]&(1<<(f%64)) == 0 {
+		if !req.has(f) {
+			continue
+		}
+		if s, _ := layout.Stripe(f); served[s] {
 			continue
 		}
 		if err := snd.queue(ctx, i, f, frags, wire, protocol.FlagRepair); err != nil {
@@ -229,6 +252,40 @@ func (snd *sender) sendRepair(ctx context.Context, i int, bits []uint64) error {
 	return nil
 }
 
+// sendParity sends up to need fresh parity shards of one stripe and returns
+// how many it sent; a stripe's parity is computed once, when first needed.
+func (snd *sender) sendParity(ctx context.Context, chunk int, wire []byte, l fec.Layout, stripe, need int) (int, error) {
+	key := parityKey{chunk, stripe}
+	next := snd.nextParity[key]
+	n := min(need, fec.MaxParity-next)
+	if n <= 0 {
+		return 0, nil
+	}
+	shards := snd.cache.parity(chunk, stripe)
+	if shards == nil {
+		var err error
+		if shards, err = snd.codec.Parity(l, wire, stripe); err != nil {
+			return 0, err
+		}
+		snd.cache.putParity(chunk, stripe, shards)
+	}
+	for k := next; k < next+n; k++ {
+		p := protocol.Parity{
+			Chunk: uint32(chunk), Stripe: uint16(stripe), Index: uint16(k),
+			SendPos: uint32(snd.next), Seq: snd.seq.Add(1), Payload: shards[k],
+		}
+		if err := snd.queueMessage(ctx, &p, protocol.FlagRepair, len(shards[k])); err != nil {
+			return 0, err
+		}
+		snd.counts.ParityPackets += uint64(len(snd.dests))
+	}
+	snd.nextParity[key] = next + n
+	return n, nil
+}
+
+// parityKey names one stripe of one chunk.
+type parityKey struct{ chunk, stripe int }
+
 // queue adds one data packet to the batch, sending the batch when full.
 func (snd *sender) queue(ctx context.Context, chunk, frag, frags int, wire []byte, flags uint8) error {
 	p := snd.s.payload
@@ -237,7 +294,13 @@ func (snd *sender) queue(ctx context.Context, chunk, frag, frags int, wire []byt
 		Chunk: uint32(chunk), Frag: uint16(frag), FragCount: uint16(frags),
 		SendPos: uint32(snd.next), Seq: snd.seq.Add(1), Payload: wire[frag*p : end],
 	}
-	pkt := snd.s.dataSeal.Append(snd.bufs[snd.n][:0], snd.s.sessionID, flags, &d)
+	return snd.queueMessage(ctx, &d, flags, end-frag*p)
+}
+
+// queueMessage adds one stream packet (data or parity) carrying payload
+// chunk bytes to the batch, sending the batch when full.
+func (snd *sender) queueMessage(ctx context.Context, m protocol.Message, flags uint8, payload int) error {
+	pkt := snd.s.dataSeal.Append(snd.bufs[snd.n][:0], snd.s.sessionID, flags, m)
 	snd.bufs[snd.n] = pkt
 	snd.buffers[snd.n][0] = pkt
 	for _, dst := range snd.dests {
@@ -251,7 +314,7 @@ func (snd *sender) queue(ctx context.Context, chunk, frag, frags int, wire []byt
 	} else {
 		snd.counts.DataPackets += copies
 	}
-	snd.counts.PayloadBytes += uint64(end-frag*p) * copies
+	snd.counts.PayloadBytes += uint64(payload) * copies
 	snd.counts.WireBytes += uint64(len(pkt)+ipUDPOverhead) * copies
 	if snd.n >= snd.batchSize() {
 		return snd.flush(ctx)
@@ -312,6 +375,7 @@ func (snd *sender) publish() {
 	k := &s.counters
 	k.DataPackets += snd.counts.DataPackets
 	k.RepairPackets += snd.counts.RepairPackets
+	k.ParityPackets += snd.counts.ParityPackets
 	k.PayloadBytes += snd.counts.PayloadBytes
 	k.WireBytes += snd.counts.WireBytes
 	k.Beacons += snd.counts.Beacons
@@ -394,16 +458,27 @@ func (p *pacer) wait(ctx context.Context, bytes int, bitsPerSecond int64) {
 	}
 }
 
-// chunkCache keeps recently sent chunks for repairs, oldest out first.
+// chunkCache keeps recently sent chunks, and the parity of their stripes,
+// for repairs; oldest out first.
 type chunkCache struct {
 	limit int
 	data  map[int][]byte
+	par   map[parityKey][][]byte
 	order []int
 	free  [][]byte
 }
 
 func newChunkCache(limit int) chunkCache {
-	return chunkCache{limit: limit, data: map[int][]byte{}}
+	return chunkCache{limit: limit, data: map[int][]byte{}, par: map[parityKey][][]byte{}}
+}
+
+func (c *chunkCache) parity(chunk, stripe int) [][]byte { return c.par[parityKey{chunk, stripe}] }
+
+// putParity keeps a stripe's parity while its chunk stays in the cache.
+func (c *chunkCache) putParity(chunk, stripe int, shards [][]byte) {
+	if _, ok := c.data[chunk]; ok {
+		c.par[parityKey{chunk, stripe}] = shards
+	}
 }
 
 func (c *chunkCache) get(i int) []byte { return c.data[i] }
@@ -424,6 +499,11 @@ func (c *chunkCache) put(i int, b []byte) {
 		c.order = c.order[1:]
 		c.free = append(c.free, c.data[old])
 		delete(c.data, old)
+		for k := range c.par {
+			if k.chunk == old {
+				delete(c.par, k)
+			}
+		}
 	}
 	c.data[i] = b
 	c.order = append(c.order, i)

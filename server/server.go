@@ -72,7 +72,8 @@ type Server struct {
 // Counters are the sender's totals.
 type Counters struct {
 	DataPackets   uint64 // first transmissions
-	RepairPackets uint64 // retransmissions asked for by NACKs
+	RepairPackets uint64 // retransmissions asked for by NACKs, parity included
+	ParityPackets uint64 // of which Reed-Solomon parity shards
 	PayloadBytes  uint64 // chunk bytes sent, repairs included
 	WireBytes     uint64 // bytes of the datagrams sent (UDP payload + IP/UDP headers)
 	Beacons       uint64

@@ -115,8 +115,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if res.Verified {
-		fmt.Fprintf(stdout, "RESULT: OK %s verified: %d bytes, SHA-256 %x, %s (%d packets lost and repaired)\n",
-			*disk, res.Bytes, res.SHA256, res.Elapsed.Round(10*time.Millisecond), res.Stats.Lost)
+		fmt.Fprintf(stdout, "RESULT: OK %s verified: %d bytes, SHA-256 %x, %s (%d packets lost and repaired, %d rebuilt from %d parity shards)\n",
+			*disk, res.Bytes, res.SHA256, res.Elapsed.Round(10*time.Millisecond), res.Stats.Lost, res.Stats.Rebuilt, res.Stats.Parity)
 	} else {
 		fmt.Fprintf(stdout, "RESULT: OK %s written, NOT read back (--verify=false): %d bytes, %s\n",
 			*disk, res.Bytes, res.Elapsed.Round(10*time.Millisecond))

@@ -114,7 +114,7 @@ func (e *env) runShoal(ctx context.Context, img string, size int64, want [32]byt
 			if strings.Contains(l, " sending: ") && started.IsZero() {
 				started = time.Now()
 			}
-			if i := strings.Index(l, " repairs) in "); i > 0 {
+			if i := strings.Index(l, " repairs, "); i > 0 {
 				f := strings.Fields(l[:i])
 				repairs, _ = strconv.ParseInt(strings.TrimPrefix(f[len(f)-1], "("), 10, 64)
 			}

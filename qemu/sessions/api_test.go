@@ -135,7 +135,7 @@ func TestStatusAPIAndMetrics(t *testing.T) {
 		}
 	}
 	m = get("/metrics")
-	sent := regexp.MustCompile(`sent ([\d.]+) MiB of chunk data in (\d+) packets \((\d+) repairs\)`).FindStringSubmatch(
+	sent := regexp.MustCompile(`sent ([\d.]+) MiB of chunk data in (\d+) packets \((\d+) repairs`).FindStringSubmatch(
 		srv.waitLine(t, `sent [\d.]+ MiB of chunk data`, time.Second).text)
 	packets, _ := strconv.Atoi(sent[2])
 	repairs, _ := strconv.Atoi(sent[3])
