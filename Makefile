@@ -53,3 +53,25 @@ clean:
 .PHONY: demo
 demo: deps build
 	$(GO) run ./qemu/demo
+
+# --- The client's boot image (see boot/ and scripts/initramfs.sh, kernel.sh,
+# usb.sh). File targets: each is rebuilt only when its inputs change.
+# FAST=1 make initramfs reuses a prebuilt base of u-root's core commands.
+BOOT_SRC := $(shell find boot client cmds/shoal-client imaging internal protocol -name '*.go' -not -name '*_test.go' 2>/dev/null)
+
+.PHONY: kernel initramfs usb
+kernel: $(BUILD)/vmlinuz
+initramfs: $(BUILD)/shoal-initramfs.cpio.gz
+usb: $(BUILD)/shoal-usb.img
+
+$(BUILD)/vmlinuz: scripts/kernel.sh scripts/kernel-modules.txt $(wildcard /boot/vmlinuz-*)
+	scripts/kernel.sh $(BUILD)
+
+$(BUILD)/shoal-initramfs.cpio.gz: $(BUILD)/vmlinuz scripts/initramfs.sh go.mod go.sum $(BOOT_SRC)
+	scripts/initramfs.sh $(BUILD)
+
+$(BUILD)/shoal-usb.img: $(BUILD)/vmlinuz $(BUILD)/shoal-initramfs.cpio.gz scripts/usb.sh scripts/usb-settings.txt
+	scripts/usb.sh $(BUILD)
+
+# The VM tests boot these images; build them before the test run.
+test: usb

@@ -38,6 +38,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		timeout    = fs.Duration("client-timeout", 8*time.Second, "drop a client silent this long")
 		slow       = fs.String("slow", string(server.SlowWait), "policy for a client that cannot keep up: wait (it sets the pace) or drop")
 		slowAfter  = fs.Duration("slow-after", 30*time.Second, "with --slow=drop: drop a client that held the sender back this long")
+		dhcpRange  = fs.String("dhcp", "", "also serve DHCP on the interface, leasing addresses FIRST-LAST, e.g. 10.77.0.100-10.77.0.200 (for a lab without a DHCP server)")
 		chunkSize  = fs.Int("chunk-size", imaging.DefaultChunkSize, "chunk size for raw images, in bytes")
 		keyFile    = fs.String("key-file", "", "authenticate every packet with this key (shoal key new FILE makes one); clients need the same key")
 		encrypt    = fs.Bool("encrypt", false, "with --key-file: also encrypt the image on the wire")
@@ -127,6 +128,14 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	cfg.Source = src
 	if _, err := server.New(cfg); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *dhcpRange != "" {
+		dhcp, err := server.NewDHCPServer(server.DHCPConfig{Interface: *iface, Range: *dhcpRange, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer dhcp.Close()
+		go dhcp.Serve(ctx)
 	}
 
 	if *restart && *once && flagGiven(fs, "once") {
