@@ -248,6 +248,7 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 	log.Info("client starting", "session", cfg.Session, "disk", cfg.Disk, "interface", ifi.String())
 
 	var resume *resumeState
+	retries := 0
 	for {
 		res, kept, err := runOnce(ctx, &cfg, ifi, &target, board, resume)
 		if errors.Is(err, ErrServerGone) && ctx.Err() == nil {
@@ -264,6 +265,18 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 			log.Warn(msg)
 			board.update(func(s *Status) { s.Phase, s.Message = PhaseDiscovering, msg })
 			if err := sleepCtx(ctx, time.Second); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		var again retryable
+		if errors.As(err, &again) && ctx.Err() == nil {
+			retries++
+			wait := min(time.Duration(retries)*time.Second, 10*time.Second)
+			msg := fmt.Sprintf("%v; trying again in %s", err, wait)
+			log.Warn(msg)
+			board.update(func(s *Status) { s.Phase, s.Message = PhaseDiscovering, msg })
+			if err := sleepCtx(ctx, wait); err != nil {
 				return nil, err
 			}
 			continue
@@ -326,7 +339,17 @@ type resumeState struct {
 	imageSHA256 [32]byte
 	written     []bool
 	writer      *imaging.Writer
+	// The session and client ID it had, to rejoin the same session.
+	sessionID uint64
+	clientID  uint32
 }
+
+// retryable marks an error after which the client starts again from
+// discovery: the network failed, not the disk or the image.
+type retryable struct{ err error }
+
+func (r retryable) Error() string { return r.err.Error() }
+func (r retryable) Unwrap() error { return r.err }
 
 func (r *resumeState) count() int {
 	n := 0

@@ -34,15 +34,24 @@ type control struct {
 	session  uint64
 	toServer *protocol.Seal // nil without a key
 	toClient *protocol.Seal
-	mu       sync.Mutex // serializes writes
+	mu       sync.Mutex // serializes writes; guards broken
+	broken   error      // the write that failed; the stream is unusable
 }
 
+// send writes one message. After a failed write, which may have left part
+// of a packet on the stream, the connection is closed and every later send
+// fails at once: the client reconnects instead.
 func (c *control) send(m protocol.Message) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.broken != nil {
+		return c.broken
+	}
 	c.conn.SetWriteDeadline(time.Now().Add(controlWriteTimeout))
 	if err := protocol.WriteMessage(c.conn, c.session, c.toServer, m); err != nil {
-		return fmt.Errorf("send %s to server: %w", m.Type(), err)
+		c.broken = fmt.Errorf("send %s to server: %w", m.Type(), err)
+		c.conn.Close()
+		return c.broken
 	}
 	return nil
 }
@@ -80,8 +89,9 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	d := net.Dialer{Timeout: 5 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp4", srv.control.String())
 	if err != nil {
-		return nil, fmt.Errorf("join %q at %s: %w", cfg.Session, srv.control, err)
+		return nil, retryable{fmt.Errorf("join %q at %s: %w", cfg.Session, srv.control, err)}
 	}
+	mcast.TuneControl(conn)
 	ok := false
 	defer func() {
 		if !ok {
@@ -94,7 +104,7 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	_, m, err := ctl.recv()
 	if err != nil {
-		return nil, fmt.Errorf("join %q at %s: %w", cfg.Session, srv.control, err)
+		return nil, retryable{fmt.Errorf("join %q at %s: %w", cfg.Session, srv.control, err)}
 	}
 	ch, isChallenge := m.(*protocol.Challenge)
 	if !isChallenge {
@@ -111,14 +121,17 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	}
 	if resume != nil {
 		j.ImageSHA256, j.Have = resume.imageSHA256, resume.ranges()
+		if resume.sessionID == srv.offer.SessionID {
+			j.RejoinSession, j.RejoinClient = resume.sessionID, resume.clientID
+		}
 	}
 	if err := ctl.send(j); err != nil {
-		return nil, fmt.Errorf("join %q: %w", cfg.Session, err)
+		return nil, retryable{fmt.Errorf("join %q: %w", cfg.Session, err)}
 	}
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	b, err := protocol.ReadPacket(ctl.r, maxControlBody)
 	if err != nil {
-		return nil, fmt.Errorf("join %q: no answer from %s: %w", cfg.Session, srv.control, err)
+		return nil, retryable{fmt.Errorf("join %q: no answer from %s: %w", cfg.Session, srv.control, err)}
 	}
 	// A refusal about keys comes unsealed: the two sides have no common key.
 	if _, m, err := protocol.Parse(b); err == nil {
@@ -144,7 +157,7 @@ func join(ctx context.Context, cfg *Config, ifi mcast.Interface, target *imaging
 	}
 	_, m, err = ctl.recv()
 	if err != nil {
-		return nil, fmt.Errorf("join %q: read manifest: %w", cfg.Session, err)
+		return nil, retryable{fmt.Errorf("join %q: read manifest: %w", cfg.Session, err)}
 	}
 	mm, isManifest := m.(*protocol.Manifest)
 	if !isManifest {
@@ -272,10 +285,13 @@ func (s *session) run(ctx context.Context, board *statusBoard) (*Result, error) 
 	err := rcv.run(ctx, events, hbFailed, poke, board)
 	res.Stats = rcv.statsSnapshot()
 	if errors.Is(err, ErrServerGone) {
-		s.kept = &resumeState{imageSHA256: m.ImageSHA256, written: rcv.writtenChunks(), writer: w}
-	} else {
-		defer w.Close()
+		// Keep everything for a rejoin or a resume; the control connection
+		// is no use for a report.
+		s.kept = &resumeState{imageSHA256: m.ImageSHA256, written: rcv.writtenChunks(), writer: w,
+			sessionID: s.ctl.session, clientID: s.accept.ClientID}
+		return res, err
 	}
+	defer w.Close()
 	if err != nil {
 		stopHB()
 		s.ctl.send(&protocol.Report{Error: err.Error(), BadChunk: protocol.NoChunk, ElapsedMillis: uint64(time.Since(start).Milliseconds())})

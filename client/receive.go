@@ -43,6 +43,8 @@ type chunkState struct {
 	failures uint8
 	due      time.Time // when its missing fragments may first be asked for
 	nacked   time.Time // when they were last asked for
+	progress time.Time // when a fragment or parity shard last arrived
+	retries  uint8     // NACKs since the last progress
 	asked    bool      // asked for at least once (for the loss count)
 }
 
@@ -107,7 +109,13 @@ type receiver struct {
 	writeQ  chan writeJob
 	results chan writeResult
 
-	stats    Stats
+	stats Stats
+	now   time.Time // when the packet being handled arrived
+	// The stream's sequence numbers, to count what was lost.
+	seqSeen  bool
+	seqHigh  uint32
+	expected uint64
+
 	mu       sync.Mutex // guards snap and stats copy
 	snap     protocol.Progress
 	statsOut Stats
@@ -181,6 +189,7 @@ func (r *receiver) publish(board *statusBoard) {
 	r.snap.Received = r.stats.Received
 	r.snap.Lost = r.stats.Lost
 	r.snap.Heard = r.stats.Heard
+	r.snap.Expected = max(r.expected, r.stats.Heard)
 	if r.started && r.snap.Phase == protocol.PhaseWaiting {
 		r.snap.Phase = protocol.PhaseReceiving
 	}
@@ -310,6 +319,7 @@ func (r *receiver) redirect(m *protocol.Redirect) error {
 
 // handle takes one packet; it reports whether it came from our session.
 func (r *receiver) handle(pkt []byte, now time.Time) bool {
+	r.now = now
 	// Another session's packets (same group and port) are told apart by
 	// the session ID before any cryptography is spent on them.
 	if len(pkt) >= protocol.HeaderSize && binary.BigEndian.Uint64(pkt[8:]) != r.s.ctl.session {
@@ -340,6 +350,7 @@ func (r *receiver) handle(pkt []byte, now time.Time) bool {
 			return true
 		}
 		r.started = true
+		r.countSeq(d.Seq)
 		r.advance(int(d.SendPos), now)
 		r.data(&d, h.Flags&protocol.FlagRepair != 0)
 	case protocol.TypeParity:
@@ -349,6 +360,7 @@ func (r *receiver) handle(pkt []byte, now time.Time) bool {
 			return true
 		}
 		r.started = true
+		r.countSeq(p.Seq)
 		r.advance(int(p.SendPos), now)
 		r.parity(&p)
 	case protocol.TypeBeacon:
@@ -360,6 +372,7 @@ func (r *receiver) handle(pkt []byte, now time.Time) bool {
 		if b.State != protocol.BeaconWaiting {
 			r.started = true
 		}
+		r.countSeq(b.Seq)
 		r.advance(int(b.SendPos), now)
 		if b.State == protocol.BeaconFinished {
 			r.finished = true
@@ -367,6 +380,19 @@ func (r *receiver) handle(pkt []byte, now time.Time) bool {
 		}
 	}
 	return true
+}
+
+// countSeq follows the stream's sequence numbers: every number past the
+// highest seen so far is a packet the server sent.
+func (r *receiver) countSeq(seq uint32) {
+	if !r.seqSeen {
+		r.seqSeen, r.seqHigh, r.expected = true, seq, 1
+		return
+	}
+	if d := int32(seq - r.seqHigh); d > 0 {
+		r.expected += uint64(d)
+		r.seqHigh = seq
+	}
 }
 
 // advance moves the known sender position; chunks it passes become due for
@@ -419,6 +445,7 @@ func (r *receiver) data(d *protocol.Data, repair bool) {
 	copy(a.buf[f*r.payload:], d.Payload)
 	a.set(f)
 	a.count++
+	r.chunks[c].progress = r.now
 	s, _ := a.layout.Stripe(f)
 	a.stripeHave[s]++
 	if !repair {
@@ -480,6 +507,7 @@ func (r *receiver) parity(p *protocol.Parity) {
 		return
 	}
 	a.parity[s][int(p.Index)] = append([]byte(nil), p.Payload...)
+	r.chunks[c].progress = r.now
 	r.stats.Parity++
 	r.rebuild(c, a, s)
 	r.complete(c, a)
@@ -580,8 +608,25 @@ func (r *receiver) scan(now time.Time) error {
 		if cs.state != chunkMissing || r.m.Chunks[c].Encoding == imaging.EncodingZero {
 			continue
 		}
-		if cs.due.IsZero() || now.Before(cs.due) || (!cs.nacked.IsZero() && now.Sub(cs.nacked) < nackRetry) {
+		if cs.due.IsZero() || now.Before(cs.due) {
 			continue
+		}
+		if !cs.nacked.IsZero() {
+			// Ask again only when repairs stopped coming, and wait longer
+			// each time nothing came: the server may be busy with a
+			// backlog of repairs that are on their way.
+			last := cs.nacked
+			if cs.progress.After(last) {
+				last = cs.progress
+			}
+			if now.Sub(last) < nackRetry<<min(cs.retries, 3) {
+				continue
+			}
+			if cs.progress.After(cs.nacked) {
+				cs.retries = 0
+			} else {
+				cs.retries++
+			}
 		}
 		before := len(ranges)
 		ranges = r.missing(c, ranges)

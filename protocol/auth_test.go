@@ -153,29 +153,37 @@ func TestParseKey(t *testing.T) {
 }
 
 // FuzzOpen feeds arbitrary bytes to a keyed receiver: no panic, and
-// nothing is accepted but the genuine packets it was seeded with (the
-// fuzzer cannot forge a tag).
+// nothing is accepted but packets the sealer made from the sample messages
+// (the fuzzer cannot forge a tag). The check compares message contents,
+// not bytes, since a cached corpus may hold genuine packets sealed under
+// other sequence numbers.
 func FuzzOpen(f *testing.F) {
 	k, _ := ParseKey([]byte("fuzzing key of enough length"))
-	genuine := map[string]bool{}
+	all := samples()
 	for _, encrypt := range []bool{false, true} {
 		tx := k.Session("s", 1, encrypt).Data()
-		all := samples()
-		// Sorted, so that every fuzzing process seals the same bytes.
 		for _, name := range slices.Sorted(maps.Keys(all)) {
-			b := tx.Marshal(1, 0, all[name])
-			genuine[string(b)] = true
-			f.Add(b, encrypt)
+			f.Add(tx.Marshal(1, 0, all[name]), encrypt)
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte, encrypt bool) {
 		rx := k.Session("s", 1, encrypt).Data()
-		if _, _, err := rx.Open(append([]byte(nil), b...)); err != nil {
+		h, body, err := rx.Open(append([]byte(nil), b...))
+		if err != nil {
 			return
 		}
-		if !genuine[string(b)] {
-			t.Fatalf("accepted a packet that was never sealed: %x", b)
+		m, err := NewMessage(h.Type)
+		if err == nil {
+			err = m.decodeBody(body)
 		}
+		if err == nil {
+			for _, s := range all {
+				if reflect.DeepEqual(normalize(m), normalize(s)) {
+					return
+				}
+			}
+		}
+		t.Fatalf("accepted a packet that was never sealed: %x", b)
 	})
 }
 

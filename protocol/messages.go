@@ -57,6 +57,10 @@ type Join struct {
 	// receiving, and the chunks it has already written and verified.
 	ImageSHA256 [32]byte
 	Have        []ChunkRange
+	// Rejoining after a lost control connection: the session and client
+	// ID the client had. The server gives it back its place.
+	RejoinSession uint64
+	RejoinClient  uint32
 }
 
 // ChunkRange is Count consecutive chunks from First.
@@ -128,6 +132,10 @@ type Progress struct {
 	// received, beacons included: the server learns from it whether the
 	// client hears the multicast group at all.
 	Heard uint64
+	// Expected counts the stream's packets sent since the client heard the
+	// first one, from their sequence numbers: Expected - Heard were lost,
+	// repairs included. The rate control watches it.
+	Expected uint64
 }
 
 // Redirect moves a client's data stream to another address and port
@@ -337,7 +345,8 @@ func (m *Join) appendBody(b []byte) []byte {
 		b = binary.BigEndian.AppendUint32(b, h.First)
 		b = binary.BigEndian.AppendUint32(b, h.Count)
 	}
-	return b
+	b = binary.BigEndian.AppendUint64(b, m.RejoinSession)
+	return binary.BigEndian.AppendUint32(b, m.RejoinClient)
 }
 
 func (m *Join) decodeBody(b []byte) error {
@@ -356,8 +365,8 @@ func (m *Join) decodeBody(b []byte) error {
 	if n > MaxHaveRanges {
 		r.fail("%d have ranges, at most %d", n, MaxHaveRanges)
 	}
-	if r.err == nil && len(r.b) != 8*int(n) {
-		r.fail("%d have ranges need %d bytes, have %d", n, 8*n, len(r.b))
+	if r.err == nil && len(r.b) != 8*int(n)+12 {
+		r.fail("%d have ranges need %d bytes, have %d", n, 8*n+12, len(r.b))
 	}
 	m.Have = m.Have[:0]
 	for i := uint32(0); i < n && r.err == nil; i++ {
@@ -367,6 +376,8 @@ func (m *Join) decodeBody(b []byte) error {
 		}
 		m.Have = append(m.Have, h)
 	}
+	m.RejoinSession = r.u64("rejoin session")
+	m.RejoinClient = r.u32("rejoin client")
 	return r.done()
 }
 
@@ -449,7 +460,8 @@ func (m *Progress) appendBody(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.Received)
 	b = binary.BigEndian.AppendUint64(b, m.Lost)
 	b = append(b, m.Phase)
-	return binary.BigEndian.AppendUint64(b, m.Heard)
+	b = binary.BigEndian.AppendUint64(b, m.Heard)
+	return binary.BigEndian.AppendUint64(b, m.Expected)
 }
 
 func (m *Progress) decodeBody(b []byte) error {
@@ -461,6 +473,7 @@ func (m *Progress) decodeBody(b []byte) error {
 	m.Lost = r.u64("lost")
 	m.Phase = r.u8("phase")
 	m.Heard = r.u64("heard")
+	m.Expected = r.u64("expected")
 	if r.err == nil && m.Phase > PhaseDone {
 		r.fail("phase %d", m.Phase)
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/mcast"
 	"github.com/shoal-lab/shoal/protocol"
 )
 
@@ -61,16 +63,18 @@ type ClientInfo struct {
 
 // client is the server's side of one client.
 type client struct {
-	id       uint32
-	conn     net.Conn
-	addr     netip.Addr
-	join     protocol.Join
+	id   uint32
+	addr netip.Addr
+	join protocol.Join
+	have []uint64 // chunks a resuming client already has; nil if none
+
+	wmu      sync.Mutex     // serializes writes; guards the three below
+	conn     net.Conn       // nil while the client is disconnected
 	toClient *protocol.Seal // nil without a key
-	have     []uint64       // chunks a resuming client already has; nil if none
-	wmu      sync.Mutex     // serializes writes to conn
-	closed   bool           // guarded by wmu
+	closed   bool           // said goodbye: no more writes
 
 	// guarded by Server.mu
+	lostConn  string // why the control connection was lost, while it is
 	state     ClientState
 	joined    time.Time
 	lastHeard time.Time
@@ -108,17 +112,20 @@ func (c *client) fail(reason string) bool {
 	return true
 }
 
-// send writes one message to the client; errors only log, since the
-// reader notices a dead connection.
+// send writes one message to the client. A failed write may have left
+// part of a packet on the stream, so the connection is closed and never
+// written again; the client reconnects (see rejoin).
 func (c *client) send(s *Server, m protocol.Message) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.closed {
+	if c.closed || c.conn == nil {
 		return
 	}
 	c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if err := protocol.WriteMessage(c.conn, s.sessionID, c.toClient, m); err != nil {
-		s.log.Debug("write to client failed", "client", c.id, "type", m.Type(), "err", err)
+		s.log.Debug("write to client failed; closing its connection", "client", c.id, "type", m.Type(), "err", err)
+		c.conn.Close()
+		c.conn = nil
 	}
 }
 
@@ -130,9 +137,34 @@ func (c *client) close(s *Server, code uint8, reason string) {
 		return
 	}
 	c.closed = true
+	if c.conn == nil {
+		return
+	}
 	c.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	protocol.WriteMessage(c.conn, s.sessionID, c.toClient, &protocol.Close{Code: code, Reason: reason})
 	c.conn.Close()
+}
+
+// attach gives the client a (new) control connection.
+func (c *client) attach(conn net.Conn, toClient *protocol.Seal) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.conn != nil && c.conn != conn {
+		c.conn.Close()
+	}
+	c.conn, c.toClient = conn, toClient
+}
+
+// detach forgets conn if it is the client's current connection, and
+// reports whether it was.
+func (c *client) detach(conn net.Conn) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.conn != conn {
+		return false
+	}
+	c.conn = nil
+	return true
 }
 
 // acceptClients accepts control connections until ctx ends.
@@ -158,6 +190,7 @@ func (s *Server) acceptClients(ctx context.Context, ln net.Listener, wg *sync.Wa
 func (s *Server) serveClient(ctx context.Context, conn net.Conn) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	mcast.TuneControl(conn)
 	peer := conn.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
 	r := bufio.NewReaderSize(conn, 16<<10)
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
@@ -212,7 +245,7 @@ func (s *Server) serveClient(ctx context.Context, conn net.Conn) {
 	for {
 		_, m, err := protocol.ReadMessage(r, protocol.MaxNackRanges*8+64, toServer)
 		if err != nil {
-			s.lostClient(c, err)
+			s.lostClient(c, conn, err)
 			return
 		}
 		s.fromClient(c, m)
@@ -236,10 +269,22 @@ func (s *Server) admit(conn net.Conn, peer netip.Addr, j *protocol.Join, toClien
 		return nil, &refusal{protocol.RefuseDiskTooSmall, fmt.Sprintf("disk %s is %s (%d bytes), the image is %s (%d bytes); use a disk at least as large as the image",
 			j.Disk, imaging.HumanBytes(int64(j.DiskSize)), j.DiskSize, imaging.HumanBytes(size), size)}
 	}
+	if c := s.rejoin(conn, peer, j, toClient); c != nil {
+		return c, nil
+	}
 	s.mu.Lock()
 	if s.state != StateWaiting {
 		s.mu.Unlock()
 		return nil, &refusal{protocol.RefuseSending, fmt.Sprintf("session %q is already sending; join its next round", s.cfg.Session)}
+	}
+	// A machine that joins again before the start (its first try was cut
+	// off) replaces its stale entry.
+	var stale []*client
+	for _, old := range s.clients {
+		if old.state == ClientJoined && len(j.MAC) > 0 && bytes.Equal(old.join.MAC, j.MAC) {
+			old.state, old.err, old.ended = ClientLeft, "joined again", time.Now()
+			stale = append(stale, old)
+		}
 	}
 	c := &client{id: s.nextID, conn: conn, addr: peer, join: *j, toClient: toClient, state: ClientJoined, joined: time.Now(), lastHeard: time.Now()}
 	if len(j.Have) > 0 && j.ImageSHA256 == s.manifest.ImageSHA256 {
@@ -251,11 +296,10 @@ func (s *Server) admit(conn net.Conn, peer netip.Addr, j *protocol.Join, toClien
 	n := len(s.activeLocked())
 	s.mu.Unlock()
 
-	c.send(s, &protocol.Accept{
-		ClientID: c.id, Group: s.streamAddress(peer), DataPort: uint16(s.cfg.DataPort), PayloadSize: uint16(s.payload),
-		HeartbeatMillis: uint32(s.cfg.Heartbeat.Milliseconds()), TimeoutMillis: uint32(s.cfg.ClientTimeout.Milliseconds()),
-	})
-	c.send(s, &protocol.Manifest{Data: s.wire})
+	for _, old := range stale {
+		old.close(s, protocol.CloseDropped, "joined again")
+	}
+	s.welcome(c, peer)
 	s.log.Info("client joined", "client", c.id, "mac", net.HardwareAddr(j.MAC).String(), "addr", peer,
 		"hostname", j.Hostname, "disk", j.Disk, "disk_bytes", j.DiskSize, "clients", n)
 	s.emit(Event{Kind: EventJoined, Client: s.clientInfo(c)})
@@ -267,6 +311,46 @@ func (s *Server) clientInfo(c *client) ClientInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return c.info()
+}
+
+// welcome sends a joined client its place in the session and the manifest.
+func (s *Server) welcome(c *client, peer netip.Addr) {
+	c.send(s, &protocol.Accept{
+		ClientID: c.id, Group: s.streamAddress(peer), DataPort: uint16(s.cfg.DataPort), PayloadSize: uint16(s.payload),
+		HeartbeatMillis: uint32(s.cfg.Heartbeat.Milliseconds()), TimeoutMillis: uint32(s.cfg.ClientTimeout.Milliseconds()),
+	})
+	c.send(s, &protocol.Manifest{Data: s.wire})
+}
+
+// rejoin gives a client whose control connection broke its place back, if
+// the join names this session and that client (same machine), and the
+// client has no result yet. It returns nil otherwise.
+func (s *Server) rejoin(conn net.Conn, peer netip.Addr, j *protocol.Join, toClient *protocol.Seal) *client {
+	if j.RejoinSession != s.sessionID || j.RejoinClient == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	var c *client
+	for _, cc := range s.clients {
+		if cc.id == j.RejoinClient && bytes.Equal(cc.join.MAC, j.MAC) && !cc.state.Final() {
+			c = cc
+		}
+	}
+	if c == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	c.lastHeard, c.lostConn = time.Now(), ""
+	sending := s.state == StateSending
+	s.mu.Unlock()
+	c.attach(conn, toClient)
+	s.welcome(c, peer)
+	if sending {
+		c.send(s, &protocol.Start{})
+	}
+	s.log.Info("client rejoined", "client", c.id, "mac", net.HardwareAddr(j.MAC).String(), "addr", peer)
+	s.poke(s.wake)
+	return c
 }
 
 // fromClient handles one message of a joined client.
@@ -340,33 +424,34 @@ func (s *Server) finishClient(c *client, r *protocol.Report) {
 }
 
 // lostClient handles a control connection that ended.
-func (s *Server) lostClient(c *client, err error) {
+// lostClient handles a control connection that ended. Before the start
+// the client has left. While sending, it may come back (rejoin): it keeps
+// its place until it has been silent for ClientTimeout.
+func (s *Server) lostClient(c *client, conn net.Conn, err error) {
+	if !c.detach(conn) {
+		return // an old connection of a client that rejoined
+	}
+	conn.Close()
+	reason := "control connection closed"
+	if !errors.Is(err, io.EOF) {
+		reason = fmt.Sprintf("control connection lost: %v", err)
+	}
 	s.mu.Lock()
 	if c.state.Final() {
 		s.mu.Unlock()
 		return
 	}
-	reason := "control connection closed"
-	if !errors.Is(err, io.EOF) {
-		reason = fmt.Sprintf("control connection lost: %v", err)
+	if c.state != ClientJoined {
+		c.lostConn = reason + " at " + time.Now().Format("15:04:05.000")
+		s.mu.Unlock()
+		s.log.Warn("client connection lost; keeping its place for a rejoin", "client", c.id, "addr", c.addr, "err", reason)
+		return
 	}
-	var kind EventKind
-	if c.state == ClientJoined {
-		c.state, c.err, c.ended = ClientLeft, reason, time.Now()
-		kind = EventLeft
-	} else {
-		c.fail(reason)
-		kind = EventFailed
-	}
+	c.state, c.err, c.ended = ClientLeft, reason, time.Now()
 	info := c.info()
 	s.mu.Unlock()
-	if kind == EventLeft {
-		s.log.Info("client left before the start", "client", c.id, "mac", info.MAC, "addr", info.Addr)
-	} else {
-		s.log.Warn("client failed", "client", c.id, "mac", info.MAC, "addr", info.Addr, "err", reason)
-	}
-	s.emit(Event{Kind: kind, Client: info, Message: reason})
-	c.close(s, protocol.CloseDropped, reason)
+	s.log.Info("client left before the start", "client", c.id, "mac", info.MAC, "addr", info.Addr)
+	s.emit(Event{Kind: EventLeft, Client: info, Message: reason})
 	s.poke(s.wake)
 }
 
@@ -387,6 +472,9 @@ func (s *Server) watchClients(ctx context.Context) {
 			if silent := now.Sub(c.lastHeard); silent > s.cfg.ClientTimeout {
 				c.state = ClientDropped
 				c.err = fmt.Sprintf("no feedback for %s (last heard %s)", silent.Round(100*time.Millisecond), c.lastHeard.Format("15:04:05.000"))
+				if c.lostConn != "" {
+					c.err += "; " + c.lostConn + ", and it did not come back"
+				}
 				c.ended = now
 				dropped = append(dropped, c)
 			}

@@ -53,7 +53,17 @@ type sender struct {
 	blockedSince time.Time
 	lastBeacon   time.Time
 	lastDests    time.Time
+
+	// Loss sampling for the rate control.
+	lastLoss     time.Time
+	lossPrevious map[uint32]lossSample
 }
+
+// lossSample is a client's counters at the last loss sample.
+type lossSample struct{ heard, expected uint64 }
+
+// sampleLoss feeds the worst client's recent loss, and the rate at which it
+// received, to the rate control.
 
 func newSender(s *Server, conn *net.UDPConn) *sender {
 	snd := &sender{
@@ -109,6 +119,7 @@ func (snd *sender) run(ctx context.Context) error {
 		if active == 0 {
 			return nil
 		}
+		snd.sampleLoss()
 		if s.cfg.Mode == ModeUnicast && time.Since(snd.lastDests) > 100*time.Millisecond {
 			if err := snd.flush(ctx); err != nil {
 				return err
@@ -160,6 +171,43 @@ func (snd *sender) run(ctx context.Context) error {
 		case <-timer.C:
 		}
 	}
+}
+
+func (snd *sender) sampleLoss() {
+	now := time.Now()
+	interval := now.Sub(snd.lastLoss)
+	if interval < lossInterval {
+		return
+	}
+	s := snd.s
+	worst, worstHeard := 0.0, uint64(0)
+	s.mu.Lock()
+	// The average datagram on the wire, to turn packets into bits.
+	packetBits := 8 * float64(s.counters.WireBytes+1) / float64(s.counters.DataPackets+s.counters.RepairPackets+1)
+	if snd.lossPrevious == nil {
+		snd.lossPrevious = map[uint32]lossSample{}
+	}
+	for _, c := range s.activeLocked() {
+		p := c.progress
+		prev, seen := snd.lossPrevious[c.id]
+		snd.lossPrevious[c.id] = lossSample{p.Heard, p.Expected}
+		if !seen || p.Heard < prev.heard || p.Expected < prev.expected {
+			continue
+		}
+		heard, expected := p.Heard-prev.heard, p.Expected-prev.expected
+		if expected >= minLossSample && heard <= expected {
+			if loss := float64(expected-heard) / float64(expected); loss > worst {
+				worst, worstHeard = loss, heard
+			}
+		}
+	}
+	s.mu.Unlock()
+	if !snd.lastLoss.IsZero() {
+		goodput := int64(float64(worstHeard) * packetBits / interval.Seconds())
+		snd.rate.lossy(worst, goodput, snd.lastLoss)
+		s.log.Debug("rate", "worst_loss", worst, "its_goodput_bps", goodput, "rate_bps", snd.rate.current())
+	}
+	snd.lastLoss = now
 }
 
 // heldBack applies the slow-client policy while the window is closed.

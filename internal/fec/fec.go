@@ -46,7 +46,7 @@ func (l Layout) DataShards(s int) int {
 	if s >= l.Frags {
 		return 0
 	}
-	return (l.Frags-s+l.Stripes-1)/l.Stripes
+	return (l.Frags - s + l.Stripes - 1) / l.Stripes
 }
 
 // ErrTooFew means a stripe lacks shards to be rebuilt.

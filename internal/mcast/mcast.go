@@ -1,6 +1,7 @@
-// Package mcast opens the UDP sockets shoal's sessions use (discovery, and
-// the data stream's sender and receivers) on one chosen interface, with the
-// socket options Linux needs for many receivers at high rates.
+// Package mcast opens the sockets shoal's sessions use (discovery, the data
+// stream's sender and receivers, and the tuning of the TCP control
+// connections) on one chosen interface, with the socket options Linux needs
+// for many receivers at high rates and for lossy links.
 package mcast
 
 import (

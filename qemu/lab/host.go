@@ -26,7 +26,9 @@ type Host struct {
 	Prefix netip.Prefix     // Addr with the subnet's length, e.g. 10.77.0.1/24
 	MAC    net.HardwareAddr // MAC of Iface
 
-	log *slog.Logger
+	log  *slog.Logger
+	sw   string // the switch namespace
+	port string // the host's port on the bridge (the veth's switch end)
 
 	mu     sync.Mutex // serialises link shaping; guards loss and blocks
 	loss   int
@@ -183,6 +185,32 @@ func (h *Host) SetRate(bitsPerSecond int64) error {
 	if _, err := run(ctx, h.log, "", "tc", "-n", h.NS, "qdisc", "replace", "dev", h.Iface, "root",
 		"tbf", "rate", rate, "burst", burst, "latency", latency); err != nil {
 		return fmt.Errorf("lab: host %s: set rate: %w", h.Name, err)
+	}
+	return nil
+}
+
+// SetIngressRate caps the rate the host receives at, in bits per second,
+// with a tc tbf qdisc on its port of the bridge (a slow link or a slow
+// switch port toward this host); 0 removes the cap. What exceeds it is
+// dropped at the port after 100 ms of queue.
+func (h *Host) SetIngressRate(bitsPerSecond int64) error {
+	if bitsPerSecond < 0 {
+		return fmt.Errorf("lab: host %s: set ingress rate: negative rate %d", h.Name, bitsPerSecond)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ctx := context.Background()
+	if bitsPerSecond == 0 {
+		_, err := run(ctx, h.log, "", "tc", "-n", h.sw, "qdisc", "delete", "dev", h.port, "root")
+		if err != nil && !strings.Contains(err.Error(), "handle of zero") {
+			return fmt.Errorf("lab: host %s: remove ingress rate: %w", h.Name, err)
+		}
+		return nil
+	}
+	rate, burst, latency := tbfParams(bitsPerSecond)
+	if _, err := run(ctx, h.log, "", "tc", "-n", h.sw, "qdisc", "replace", "dev", h.port, "root",
+		"tbf", "rate", rate, "burst", burst, "latency", latency); err != nil {
+		return fmt.Errorf("lab: host %s: set ingress rate: %w", h.Name, err)
 	}
 	return nil
 }

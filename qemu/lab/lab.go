@@ -196,6 +196,7 @@ func (l *Lab) AddHost(name string) (*Host, error) {
 	}
 	l.devSeq++
 	peer := ifname("shv", l.devSeq, name)
+	h.sw, h.port = l.sw, peer
 	if peerMade, err := l.setupHost(h, peer); err != nil {
 		if peerMade {
 			// Delete the switch end at once: a namespace's devices go away
