@@ -257,6 +257,7 @@ func (r *runner) attempt(ctx context.Context) (*client.Result, error) {
 		BufferChunks: r.s.Buffer,
 		SkipZeros:    r.s.Zero == "skip",
 		NoVerify:     !r.s.Verify,
+		Key:          r.s.Key,
 		Logger:       r.log,
 		Status:       r.o.Status,
 	}

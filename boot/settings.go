@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+
+	"github.com/shoal-lab/shoal/protocol"
 )
 
 // After is what the client does once the session is over.
@@ -55,6 +57,9 @@ type Settings struct {
 	Buffer int
 	// Debug turns on debug logging (shoal.debug).
 	Debug bool
+	// Key is the session key's text (shoal.key), the content of the
+	// server's --key-file; nil for an unkeyed session.
+	Key *protocol.Key
 	// SettingsFile is the name of the settings file looked for on FAT
 	// partitions (shoal.settings; DefaultSettingsFile); "off" disables it.
 	SettingsFile string
@@ -88,6 +93,7 @@ var settingKeys = map[string]string{
 	"buffer":   "receive window in chunks",
 	"debug":    "log debug detail (1)",
 	"settings": "settings file name on the USB stick, or off",
+	"key":      "the session key's text (the content of the server's --key-file)",
 }
 
 // apply sets one key. It returns an error for a bad value or an unknown
@@ -157,6 +163,12 @@ func (s *Settings) apply(p Pair) error {
 		} else {
 			s.Debug = b
 		}
+	case "key":
+		k, err := protocol.ParseKey([]byte(v))
+		if err != nil {
+			return fmt.Errorf("shoal.key: %w", err)
+		}
+		s.Key = &k
 	case "zero":
 		switch z := strings.ToLower(v); z {
 		case "write", "skip":

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/shoal-lab/shoal/protocol"
 )
 
 func TestParseCmdline(t *testing.T) {
@@ -60,6 +62,20 @@ func TestParseCmdline(t *testing.T) {
 			want: with(func(s *Settings) {
 				s.Verify, s.Debug, s.Zero, s.Buffer, s.Iface = false, true, "skip", 128, "eth1"
 			}),
+		},
+		{
+			name:    "session key",
+			cmdline: "shoal.key=0123456789abcdef0123456789abcdef shoal.session=secure",
+			want: with(func(s *Settings) {
+				k, _ := protocol.ParseKey([]byte("0123456789abcdef0123456789abcdef"))
+				s.Key, s.Session = &k, "secure"
+			}),
+		},
+		{
+			name:     "short key refused",
+			cmdline:  "shoal.key=short",
+			want:     def,
+			warnings: []string{"shoal.key"},
 		},
 		{
 			name:    "static address",
