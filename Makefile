@@ -75,3 +75,10 @@ $(BUILD)/shoal-usb.img: $(BUILD)/vmlinuz $(BUILD)/shoal-initramfs.cpio.gz script
 
 # The VM tests boot these images; build them before the test run.
 test: usb
+
+# The benchmark against udpcast and unicast on one emulated link (see
+# qemu/bench): about half an hour; writes docs/bench.md and docs/bench.png.
+.PHONY: bench
+bench: deps build
+	$(GO) build -o $(BUILD)/benchtool ./qemu/bench
+	$(BUILD)/benchtool -matrix -bin $(BUILD) -dir $(BUILD)/bench -out docs

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/shoal-lab/shoal/internal/cli"
 	"github.com/shoal-lab/shoal/qemu/lab"
@@ -52,6 +53,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		bin      = fs.String("bin", "build", "directory with the shoal binaries")
 		dir      = fs.String("dir", "build/bench", "work directory")
 		shoalArg = fs.String("shoal-args", "", "extra flags for shoal serve")
+		matrix   = fs.Bool("matrix", false, "run the whole benchmark and write docs/bench.md and docs/bench.png")
+		outDir   = fs.String("out", "docs", "where -matrix writes its report")
+		timeout  = fs.Duration("timeout", 200*time.Second, "give up on one run after this long")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -72,6 +76,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	if *matrix {
+		return runMatrix(ctx, matrixConfig{bin: *bin, dir: *dir, self: self, out: *outDir, rate: rate, rawMiB: *sizeMiB,
+			receivers: []int{1, 4, 8, 16}, losses: []int{0, 2, 10}, timeout: *timeout}, stdout)
 	}
 	img := filepath.Join(*dir, fmt.Sprintf("random-%d.img", *sizeMiB))
 	sum, err := randomFile(img, int64(*sizeMiB)<<20)
