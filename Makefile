@@ -83,4 +83,4 @@ test: usb
 .PHONY: bench
 bench: deps build
 	$(GO) build -o $(BUILD)/benchtool ./qemu/bench
-	$(BUILD)/benchtool -matrix -bin $(BUILD) -dir $(BUILD)/bench -out docs
+	$(BUILD)/benchtool -matrix -bin $(BUILD) -dir $(BUILD)/bench -report docs

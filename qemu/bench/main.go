@@ -54,7 +54,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		dir      = fs.String("dir", "build/bench", "work directory")
 		shoalArg = fs.String("shoal-args", "", "extra flags for shoal serve")
 		matrix   = fs.Bool("matrix", false, "run the whole benchmark and write docs/bench.md and docs/bench.png")
-		outDir   = fs.String("out", "docs", "where -matrix writes its report")
+		outDir   = fs.String("report", "docs", "where -matrix writes its report")
 		timeout  = fs.Duration("timeout", 200*time.Second, "give up on one run after this long")
 	)
 	if err := fs.Parse(args); err != nil {
