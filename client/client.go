@@ -31,9 +31,14 @@ type Config struct {
 	// SkipZeros leaves zero chunks alone instead of zeroing them, for
 	// disks known to be blank (--zero=skip).
 	SkipZeros bool
-	// NoVerify skips reading the disk back at the end (--verify=false);
-	// the report then says the disk was not verified.
+	// NoVerify skips reading the disk back (--verify=off); the report then
+	// says the disk was not verified.
 	NoVerify bool
+	// VerifyFull reads the whole disk back after the transfer and hashes it
+	// in one pass (--verify=full). By default each chunk is read back and
+	// checked right after it is written, during the transfer, and the head
+	// (written last) after it.
+	VerifyFull bool
 	// Grow extends the last partition of a GPT image to the end of a
 	// larger disk.
 	Grow bool
@@ -42,8 +47,8 @@ type Config struct {
 	BootDevices []string
 	BootPaths   []string
 	// CorruptChunk, if not zero, flips a byte of chunk CorruptChunk-1 on
-	// the disk after writing and before the read-back: fault injection,
-	// so tests can prove a bad disk is reported.
+	// the disk right after it is written: fault injection, so tests can
+	// prove a disk that stores wrong bytes is reported.
 	CorruptChunk int
 	// Server, if set, is asked directly instead of by broadcast and
 	// multicast (for servers behind a router).

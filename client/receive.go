@@ -85,6 +85,7 @@ type writeResult struct {
 // receiver turns the data stream into verified chunks on disk. Everything
 // but the writer runs on the goroutine that calls run.
 type receiver struct {
+	check   *checker // reads written chunks back; nil when verifying at the end or not at all
 	codec   *fec.Codec
 	s       *session
 	w       *imaging.Writer
@@ -700,6 +701,8 @@ func (r *receiver) writer(ctx context.Context) {
 		if job.wire == nil {
 			if err := r.w.ZeroChunk(job.chunk); err != nil {
 				res.err = fmt.Errorf("zero chunk %d: %w", job.chunk, err)
+			} else if r.check != nil && job.chunk >= r.w.HeadChunks() {
+				r.check.add(job.chunk)
 			}
 		} else {
 			// Decode checks the SHA-256 before a byte reaches the disk.
@@ -708,6 +711,13 @@ func (r *receiver) writer(ctx context.Context) {
 				res.bad = true
 			} else if err := r.w.WriteChunk(job.chunk, data); err != nil {
 				res.err = fmt.Errorf("chunk %d: %w", job.chunk, err)
+			} else {
+				if job.chunk == r.s.cfg.CorruptChunk-1 && job.chunk >= r.w.HeadChunks() {
+					corruptChunk(r.s.target, r.m, job.chunk, r.log)
+				}
+				if r.check != nil && job.chunk >= r.w.HeadChunks() {
+					r.check.add(job.chunk)
+				}
 			}
 		}
 		select {

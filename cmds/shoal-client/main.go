@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		session = fs.String("session", "", "session name to join (required)")
 		disk    = fs.String("disk", "", "disk to write: a block device such as /dev/sda, a file, or auto (the first non-removable disk large enough) (required)")
 		zero    = fs.String("zero", "write", "zero chunks: write (zero them on the disk) or skip (the disk is known to be blank)")
-		verify  = fs.Bool("verify", true, "read the disk back at the end and compare it with the image")
+		verify  = fs.String("verify", "chunks", "read the disk back: chunks (each chunk right after it is written, during the transfer), full (the whole disk in one pass at the end) or off")
 		grow    = fs.Bool("grow", false, "extend the last partition of a GPT image to the end of a larger disk (the file system is not grown)")
 		srvAddr = fs.String("server", "", "server address to ask directly (default: ask by broadcast and multicast)")
 		iface   = fs.String("interface", "", "network interface (default: the default route's)")
@@ -70,7 +70,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return fmt.Errorf("%w: --session and --disk are required", errUsage)
 	}
-	cfg := client.Config{Session: *session, Disk: *disk, Interface: *iface, BufferChunks: *buffer, NoVerify: !*verify, Grow: *grow}
+	cfg := client.Config{Session: *session, Disk: *disk, Interface: *iface, BufferChunks: *buffer, Grow: *grow}
+	switch *verify {
+	case "chunks", "true", "1":
+	case "full":
+		cfg.VerifyFull = true
+	case "off", "false", "0":
+		cfg.NoVerify = true
+	default:
+		return fmt.Errorf("%w: --verify %q: want chunks, full or off", errUsage, *verify)
+	}
 	switch *zero {
 	case "write":
 	case "skip":
@@ -121,7 +130,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "RESULT: OK %s verified: %d bytes, SHA-256 %x, %s (%d packets lost and repaired, %d rebuilt from %d parity shards)\n",
 			*disk, res.Bytes, res.SHA256, res.Elapsed.Round(10*time.Millisecond), res.Stats.Lost, res.Stats.Rebuilt, res.Stats.Parity)
 	} else {
-		fmt.Fprintf(stdout, "RESULT: OK %s written, NOT read back (--verify=false): %d bytes, %s\n",
+		fmt.Fprintf(stdout, "RESULT: OK %s written, NOT read back (--verify=off): %d bytes, %s\n",
 			*disk, res.Bytes, res.Elapsed.Round(10*time.Millisecond))
 	}
 	if st := res.Stats; st.Forged+st.Replayed+st.BadPackets+st.Foreign > 0 {

@@ -26,6 +26,7 @@ func TestClientRefusesBadInput(t *testing.T) {
 		{"no disk", []string{"--session", "x"}, "", "--session and --disk are required"},
 		{"bad server", []string{"--session", "x", "--disk", "/tmp/x", "--server", "nowhere"}, "", "want an IPv4 address"},
 		{"bad zero", []string{"--session", "x", "--disk", "/tmp/x", "--zero", "maybe"}, "", "want write or skip"},
+		{"bad verify", []string{"--session", "x", "--disk", "/tmp/x", "--verify", "sometimes"}, "", "want chunks, full or off"},
 		{"short key", []string{"--session", "x", "--disk", "/tmp/x", "--key-file", shortKey}, "", "use at least 16"},
 		{"missing key", []string{"--session", "x", "--disk", "/tmp/x", "--key-file", filepath.Join(dir, "none")}, "", "no such file"},
 		{"bad fault env", []string{"--session", "x", "--disk", "/tmp/x"}, "SHOAL_FAULT_CORRUPT_CHUNK=abc", "want a chunk number"},

@@ -186,36 +186,46 @@ func TestCorruptPackedImage(t *testing.T) {
 	t.Logf("serve says: %s", strings.TrimSpace(string(out)))
 }
 
-// TestBadDiskReported makes one client's disk return a wrong byte (fault
-// injection after writing): the client fails naming the chunk, the server's
-// table says so, and the server exits non-zero.
+// TestBadDiskReported makes one client's disk hold a wrong byte (fault
+// injection right after a chunk is written): the client fails naming the
+// chunk, the server's table says so, and the server exits non-zero. Chunk
+// 0 is in the head the writer puts on the disk last.
 func TestBadDiskReported(t *testing.T) {
-	hosts := newLab(t, "srv", "c1", "c2")
-	img, sum := randomImage(t, 16*mib, 18)
-	dir := t.TempDir()
-	srv := start(t, hosts["srv"], "server", "shoal", "serve", "--session", "bad", "--image", img, "--min-clients", "2")
-	good := start(t, hosts["c1"], "good", "shoal-client", "--session", "bad", "--disk", filepath.Join(dir, "good.img"))
-	badCmd := hosts["c2"].Command(t.Context(), "env", "SHOAL_FAULT_CORRUPT_CHUNK=5", filepath.Join(binDir, "shoal-client"),
-		"--session", "bad", "--disk", filepath.Join(dir, "bad.img"))
-	out, err := badCmd.CombinedOutput()
-	if err == nil {
-		t.Errorf("client with a corrupting disk exited 0:\n%s", out)
+	tests := []struct {
+		verify string
+		chunk  int
+	}{{"chunks", 5}, {"chunks", 0}, {"full", 5}}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("verify %s, chunk %d", tt.verify, tt.chunk), func(t *testing.T) {
+			hosts := newLab(t, "srv", "c1", "c2")
+			img, sum := randomImage(t, 16*mib, 18)
+			dir := t.TempDir()
+			srv := start(t, hosts["srv"], "server", "shoal", "serve", "--session", "bad", "--image", img, "--min-clients", "2")
+			good := start(t, hosts["c1"], "good", "shoal-client", "--session", "bad", "--disk", filepath.Join(dir, "good.img"))
+			badCmd := hosts["c2"].Command(t.Context(), "env", fmt.Sprintf("SHOAL_FAULT_CORRUPT_CHUNK=%d", tt.chunk), filepath.Join(binDir, "shoal-client"),
+				"--session", "bad", "--disk", filepath.Join(dir, "bad.img"), "--verify", tt.verify)
+			out, err := badCmd.CombinedOutput()
+			if err == nil {
+				t.Errorf("client with a corrupting disk exited 0:\n%s", out)
+			}
+			want := fmt.Sprintf("chunk %d ", tt.chunk)
+			if !strings.Contains(string(out), want) {
+				t.Errorf("client output does not name %q:\n%s", want, out)
+			}
+			if code := srv.wait(t, time.Minute); code == 0 {
+				t.Errorf("server exit status 0 although a disk read back wrong")
+			}
+			if code := good.wait(t, 10*time.Second); code != 0 {
+				t.Errorf("good client exit status %d", code)
+			}
+			checkOK(t, srv, hosts["c1"].Addr.String(), sum)
+			row := tableRow(t, srv, hosts["c2"].Addr.String())
+			if row[2] == "ok" {
+				t.Errorf("the bad disk's row says ok: %q", row)
+			}
+			srv.waitLine(t, `client \d+ .*`+want, time.Second)
+		})
 	}
-	if !strings.Contains(string(out), "chunk 5 ") {
-		t.Errorf("client output does not name chunk 5:\n%s", out)
-	}
-	if code := srv.wait(t, time.Minute); code == 0 {
-		t.Errorf("server exit status 0 although a disk read back wrong")
-	}
-	if code := good.wait(t, 10*time.Second); code != 0 {
-		t.Errorf("good client exit status %d", code)
-	}
-	checkOK(t, srv, hosts["c1"].Addr.String(), sum)
-	row := tableRow(t, srv, hosts["c2"].Addr.String())
-	if row[2] == "ok" {
-		t.Errorf("the bad disk's row says ok: %q", row)
-	}
-	srv.waitLine(t, `client \d+ .*chunk 5 `, time.Second)
 }
 
 // TestPartitionImage writes a partition image into partition 2 of a larger
