@@ -5,6 +5,8 @@
 # prints each target's last status line, with its executions.
 set -euo pipefail
 fuzztime=${1:-200000x}
+# FUZZPARALLEL limits the fuzzing workers (default: one per CPU).
+parallel=${FUZZPARALLEL:+-parallel=$FUZZPARALLEL}
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -13,7 +15,7 @@ for pkg in $(go list ./...); do
   targets=$(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' || true)
   for t in $targets; do
     echo "fuzz $pkg $t ($fuzztime)"
-    if ! go test "$pkg" -run='^$' -fuzz="^${t}\$" -fuzztime="$fuzztime" >"$log" 2>&1; then
+    if ! go test "$pkg" -run='^$' -fuzz="^${t}\$" -fuzztime="$fuzztime" $parallel >"$log" 2>&1; then
       # When a time budget runs out while a worker is busy, the fuzzer can
       # report its own "context deadline exceeded": that is no finding.
       if grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written' "$log"; then
