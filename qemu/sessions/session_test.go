@@ -1,6 +1,7 @@
 package sessions
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -139,6 +140,11 @@ func TestDeadClient(t *testing.T) {
 				t.Errorf("summary row for the dead client says ok: %q", row)
 			}
 			srv.waitLine(t, `RESULT: 1 client\(s\) FAILED`, time.Second)
+			// The dead client's disk is marked not imaged: its first MiB (boot
+			// sector, partition table) is blank, although the image's is not.
+			if head := hashPrefix(t, filepath.Join(dir, "c2.img"), mib); head != sha256.Sum256(make([]byte, mib)) {
+				t.Errorf("the dead client's disk has a non-blank first MiB: a half-written disk could boot")
+			}
 		})
 	}
 }
