@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoal-lab/shoal/client"
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/ctxtime"
 )
 
 // Options wire Run to the machine. The zero value of each optional field
@@ -319,7 +320,7 @@ func (r *runner) waitForDevice(ctx context.Context, path string, d time.Duration
 			return fmt.Errorf("%w: %s does not exist after %s (disks: %s)", ErrNoDisk, path, d, diskNames(disks))
 		}
 		r.cold.Pass()
-		if err := sleepCtx(ctx, 500*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 500*time.Millisecond); err != nil {
 			return err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shoal-lab/shoal/internal/ctxtime"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -128,7 +129,7 @@ func (c *Coldplug) Run(ctx context.Context, quiet time.Duration) ([]string, erro
 		if time.Since(last) >= quiet {
 			return all, nil
 		}
-		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 200*time.Millisecond); err != nil {
 			return all, err
 		}
 	}
@@ -162,18 +163,6 @@ func (c *Coldplug) Unsupported() []string {
 		}
 	}
 	return out
-}
-
-// sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // errNoModules means the image carries no modules for the running kernel.

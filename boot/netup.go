@@ -15,6 +15,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	"github.com/shoal-lab/shoal/internal/ctxtime"
 	"github.com/vishvananda/netlink"
 )
 
@@ -227,7 +228,7 @@ func waitForLink(ctx context.Context, cfg NetConfig, log *slog.Logger, say func(
 				return nil, fmt.Errorf("%w after %s: %s have no cable or no switch port up", ErrNoLink, cfg.LinkTimeout, strings.Join(names, ", "))
 			}
 		}
-		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 200*time.Millisecond); err != nil {
 			return nil, fmt.Errorf("wait for a network link: %w", err)
 		}
 	}

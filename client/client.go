@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/ctxtime"
 	"github.com/shoal-lab/shoal/internal/mcast"
 	"github.com/shoal-lab/shoal/protocol"
 )
@@ -269,7 +270,7 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 			}
 			log.Warn(msg)
 			board.update(func(s *Status) { s.Phase, s.Message = PhaseDiscovering, msg })
-			if err := sleepCtx(ctx, time.Second); err != nil {
+			if err := ctxtime.Sleep(ctx, time.Second); err != nil {
 				return nil, err
 			}
 			continue
@@ -281,7 +282,7 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 			msg := fmt.Sprintf("%v; trying again in %s", err, wait)
 			log.Warn(msg)
 			board.update(func(s *Status) { s.Phase, s.Message = PhaseDiscovering, msg })
-			if err := sleepCtx(ctx, wait); err != nil {
+			if err := ctxtime.Sleep(ctx, wait); err != nil {
 				return nil, err
 			}
 			continue
@@ -290,7 +291,7 @@ func Run(ctx context.Context, cfgIn Config) (*Result, error) {
 		if errors.As(err, &refused) && refused.Code == protocol.RefuseSending {
 			log.Warn("session already sending; waiting for the next round", "reason", refused.Reason)
 			board.update(func(s *Status) { s.Phase, s.Message = PhaseDiscovering, refused.Reason })
-			if err := sleepCtx(ctx, 2*time.Second); err != nil {
+			if err := ctxtime.Sleep(ctx, 2*time.Second); err != nil {
 				return nil, err
 			}
 			continue
@@ -381,17 +382,6 @@ func (r *resumeState) ranges() []protocol.ChunkRange {
 		out = append(out, protocol.ChunkRange{First: uint32(start), Count: uint32(i - start)})
 	}
 	return out
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func hostname() string {

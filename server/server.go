@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/ctxtime"
 	"github.com/shoal-lab/shoal/internal/mcast"
 	"github.com/shoal-lab/shoal/protocol"
 )
@@ -404,7 +405,7 @@ func (s *Server) checkMulticast(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		if wait > 0 {
-			if err := sleepCtx(ctx, wait); err != nil {
+			if err := ctxtime.Sleep(ctx, wait); err != nil {
 				return err
 			}
 			continue
@@ -438,17 +439,6 @@ func (s *Server) fallBack(deaf []*client) error {
 	// Give the clients a moment to move before data flows.
 	time.Sleep(300 * time.Millisecond)
 	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // begin moves the session to sending and tells every client.

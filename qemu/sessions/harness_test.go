@@ -64,6 +64,14 @@ func requireLab(t *testing.T) {
 // newLab builds a lab with the named hosts and removes it when the test ends.
 func newLab(t *testing.T, names ...string) map[string]*lab.Host {
 	t.Helper()
+	_, hosts := newLabAndHosts(t, names...)
+	return hosts
+}
+
+// newLabAndHosts is newLab that also returns the lab itself (for
+// impair.Insert and the like).
+func newLabAndHosts(t *testing.T, names ...string) (*lab.Lab, map[string]*lab.Host) {
+	t.Helper()
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -84,7 +92,7 @@ func newLab(t *testing.T, names ...string) map[string]*lab.Host {
 		}
 		hosts[n] = h
 	}
-	return hosts
+	return l, hosts
 }
 
 // line is one line of a process's output and when it arrived.

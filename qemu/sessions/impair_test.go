@@ -16,33 +16,6 @@ import (
 	"github.com/shoal-lab/shoal/qemu/lab"
 )
 
-// impairedLab builds a lab like newLab, and also returns the lab itself,
-// which impair.Insert needs.
-func impairedLab(t *testing.T, names ...string) (*lab.Lab, map[string]*lab.Host) {
-	t.Helper()
-	requireLab(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	l, err := lab.New(ctx, lab.Config{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatalf("lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	hosts := map[string]*lab.Host{}
-	for _, n := range names {
-		h, err := l.AddHost(n)
-		if err != nil {
-			t.Fatalf("add host %s: %v", n, err)
-		}
-		hosts[n] = h
-	}
-	return l, hosts
-}
-
 // impairSeed is the base seed of the impairment switches: SHOAL_IMPAIR_SEED
 // replays a run's decisions, otherwise a fixed seed.
 func impairSeed(t *testing.T) uint64 {
@@ -89,7 +62,7 @@ func TestImpairedLinks(t *testing.T) {
 // impairedSession runs a 3-client session of a 48 MiB image with the rules
 // on every client's link, and checks every disk.
 func impairedSession(t *testing.T, toHost, fromHost impair.Rules, base uint64) {
-	l, hosts := impairedLab(t, "srv", "c1", "c2", "c3")
+	l, hosts := newLabAndHosts(t, "srv", "c1", "c2", "c3")
 	const size = 48 * mib
 	img, sum := randomImage(t, size, 77)
 	dir := t.TempDir()
