@@ -50,6 +50,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		rateFlag = fs.String("rate", "100M", "sender link rate (tc tbf); 0 for none")
 		sizeMiB  = fs.Int("size", 128, "payload size in MiB")
 		kill     = fs.Bool("kill", false, "kill one receiver at about 40 %")
+		mtu      = fs.Int("mtu", 0, "link MTU (one scenario; pass --mtu to shoal with -shoal-args too)")
 		bin      = fs.String("bin", "build", "directory with the shoal binaries")
 		dir      = fs.String("dir", "build/bench", "work directory")
 		shoalArg = fs.String("shoal-args", "", "extra flags for shoal serve")
@@ -86,7 +87,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sc := scenario{N: *n, Loss: *loss, Rate: rate, Image: img, Size: int64(*sizeMiB) << 20, SHA: sum, Kill: *kill}
+	sc := scenario{N: *n, Loss: *loss, Rate: rate, Image: img, Size: int64(*sizeMiB) << 20, SHA: sum, Kill: *kill, MTU: *mtu}
 	for _, tool := range strings.Split(*tools, ",") {
 		r, err := runScenario(ctx, sc, tool, *bin, *dir, self, strings.Fields(*shoalArg))
 		if err != nil {
@@ -102,6 +103,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 // scenario is one cell of the matrix.
 type scenario struct {
+	MTU   int // 0: the default 1500
 	N     int
 	Loss  int
 	Rate  int64
@@ -130,6 +132,11 @@ func runScenario(ctx context.Context, sc scenario, tool, bin, dir, self string, 
 	if e.sender, err = l.AddHost("sender"); err != nil {
 		return result{}, err
 	}
+	if sc.MTU > 0 {
+		if err := e.sender.SetMTU(sc.MTU); err != nil {
+			return result{}, err
+		}
+	}
 	if sc.Rate > 0 {
 		if err := e.sender.SetRate(sc.Rate); err != nil {
 			return result{}, err
@@ -142,6 +149,11 @@ func runScenario(ctx context.Context, sc scenario, tool, bin, dir, self string, 
 		}
 		if sc.Loss > 0 {
 			if err := h.SetLoss(sc.Loss); err != nil {
+				return result{}, err
+			}
+		}
+		if sc.MTU > 0 {
+			if err := h.SetMTU(sc.MTU); err != nil {
 				return result{}, err
 			}
 		}

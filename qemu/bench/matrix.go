@@ -95,6 +95,9 @@ func runMatrix(ctx context.Context, mc matrixConfig, stdout io.Writer) error {
 	sc = scenario{N: 8, Rate: mc.rate, Image: raw, Size: int64(mc.rawMiB) << 20, SHA: rawSum, Kill: true}
 	do("kill", "shoal", sc, "")
 	do("kill", "udpcast", sc, "")
+	// Jumbo frames (shoal only: udpcast's blocks are at most 1456 bytes).
+	sc = scenario{N: 8, Rate: mc.rate, Image: raw, Size: int64(mc.rawMiB) << 20, SHA: rawSum, MTU: 9000}
+	do("jumbo", "shoal", sc, "", "--mtu", "9000")
 	// No rate limit: what the 2 cores can do, and CPU per GiB.
 	sc = scenario{N: 4, Image: raw, Size: int64(mc.rawMiB) << 20, SHA: rawSum}
 	do("cpu", "shoal", sc, "")

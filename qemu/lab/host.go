@@ -222,3 +222,19 @@ func tbfParams(bitsPerSecond int64) (rate, burst, latency string) {
 	b := max(bitsPerSecond/250, 32*1024)
 	return fmt.Sprintf("%dbit", bitsPerSecond), fmt.Sprintf("%d", b), "100ms"
 }
+
+// SetMTU sets the MTU of the host's link at both ends (its eth0 and its
+// port on the bridge), e.g. 9000 for jumbo frames.
+func (h *Host) SetMTU(mtu int) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ctx := context.Background()
+	m := fmt.Sprint(mtu)
+	if _, err := run(ctx, h.log, "", "ip", "-n", h.sw, "link", "set", "dev", h.port, "mtu", m); err != nil {
+		return fmt.Errorf("lab: host %s: set mtu: %w", h.Name, err)
+	}
+	if _, err := run(ctx, h.log, "", "ip", "-n", h.NS, "link", "set", "dev", h.Iface, "mtu", m); err != nil {
+		return fmt.Errorf("lab: host %s: set mtu: %w", h.Name, err)
+	}
+	return nil
+}
