@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shoal-lab/shoal/imaging"
+	"github.com/shoal-lab/shoal/internal/cli"
 )
 
 // EventKind names what happened.
@@ -115,6 +116,14 @@ func (s *Summary) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "sent %s of chunk data in %d packets (%d repairs, %d of them parity) in %s; %d of %d clients verified\n",
 		imaging.HumanBytes(int64(k.PayloadBytes)), k.DataPackets+k.RepairPackets, k.RepairPackets, k.ParityPackets,
 		dur.Round(10*time.Millisecond), len(s.Clients)-s.Failed(), len(s.Clients))
+	if dur > 0 && k.WireBytes > 0 {
+		settled := "no limit found"
+		if k.Rate > 0 && k.Rate < uncappedRate {
+			settled = cli.FormatRate(float64(k.Rate))
+		}
+		fmt.Fprintf(w, "send rate: %s on average; the rate control settled at %s; the interface queue was full %d times\n",
+			cli.FormatRate(float64(k.WireBytes)*8/dur.Seconds()), settled, k.SendStalls)
+	}
 	if !s.OK() {
 		if len(s.Clients) == 0 {
 			fmt.Fprintln(w, "RESULT: no client took part")
