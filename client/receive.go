@@ -22,6 +22,7 @@ import (
 // Receiver timing.
 const (
 	tick      = 10 * time.Millisecond  // housekeeping period (NACK scan, silence check)
+	coalesce  = 500 * time.Microsecond // pause after a small batch, to read larger ones
 	nackDelay = 5 * time.Millisecond   // grace for reordering before a missing fragment is asked for
 	nackRetry = 200 * time.Millisecond // ask again if a repair has not arrived by then
 	// maxChunkFailures is how often one chunk may fail its SHA-256 before
@@ -261,6 +262,12 @@ func (r *receiver) run(ctx context.Context, events <-chan serverEvent, hbFailed 
 			if r.handle(msgs[i].Buffers[0][:msgs[i].N], now) {
 				lastHeard = now
 			}
+		}
+		if n > 0 && n < len(msgs)/4 {
+			// A trickle: let datagrams gather in the socket buffer (32 MiB
+			// holds far more than this pause brings) and take them in one
+			// call, instead of waking for every one or two.
+			time.Sleep(coalesce)
 		}
 		if now.Sub(lastScan) >= tick {
 			lastScan = now
