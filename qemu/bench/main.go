@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -57,6 +58,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		matrix   = fs.Bool("matrix", false, "run the whole benchmark and write docs/bench.md and docs/bench.png")
 		outDir   = fs.String("report", "docs", "where -matrix writes its report")
 		timeout  = fs.Duration("timeout", 200*time.Second, "give up on one run after this long")
+		rxList   = fs.String("receivers", "1,4,8,16", "receiver counts of the -matrix")
+		lossList = fs.String("losses", "0,2,10", "loss rates (%) of the -matrix")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -79,8 +82,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if *matrix {
+		rx, err := ints(*rxList)
+		if err != nil {
+			return fmt.Errorf("-receivers: %w", err)
+		}
+		losses, err := ints(*lossList)
+		if err != nil {
+			return fmt.Errorf("-losses: %w", err)
+		}
 		return runMatrix(ctx, matrixConfig{bin: *bin, dir: *dir, self: self, out: *outDir, rate: rate, rawMiB: *sizeMiB,
-			receivers: []int{1, 4, 8, 16}, losses: []int{0, 2, 10}, timeout: *timeout}, stdout)
+			receivers: rx, losses: losses, timeout: *timeout}, stdout)
 	}
 	img := filepath.Join(*dir, fmt.Sprintf("random-%d.img", *sizeMiB))
 	sum, err := randomFile(img, int64(*sizeMiB)<<20)
@@ -193,4 +204,17 @@ func randomFile(path string, size int64) ([32]byte, error) {
 	}
 	copy(sum[:], h.Sum(nil))
 	return sum, nil
+}
+
+// ints parses a comma-separated list of numbers.
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

@@ -227,6 +227,6 @@ func (e *env) runUdpcast(ctx context.Context, img string, size int64, want [32]b
 	snd.Wait()
 	res.Wall = last.Sub(start)
 	res.SenderCPU = cpuTime(snd)
-	res.WireBytes = txBytes(ctx, e.sender) - tx0
+	res.WireBytes = max(0, txBytes(ctx, e.sender)-tx0)
 	return res, nil
 }
