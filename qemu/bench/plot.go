@@ -27,11 +27,13 @@ func plotTimes(path string, runs []cell, losses []int, limit float64) error {
 		p.Y.Label.Text = "seconds (send start → last verified)"
 		p.Y.Min = 0
 		var args []any
+		top := limit
 		for _, tool := range []string{"shoal", "udpcast", "unicast"} {
 			var pts plotter.XYs
 			for _, r := range runs {
 				if r.Group == "raw" && r.Loss == loss && r.Res.Tool == tool && r.Res.OK == r.Res.N {
 					pts = append(pts, plotter.XY{X: float64(r.N), Y: r.Res.Wall.Seconds()})
+					top = max(top, r.Res.Wall.Seconds())
 				}
 			}
 			if len(pts) > 0 {
@@ -44,6 +46,7 @@ func plotTimes(path string, runs []cell, losses []int, limit float64) error {
 		if err := plotutil.AddLinePoints(p, args...); err != nil {
 			return err
 		}
+		p.Y.Max = top * 1.3 // room for the legend above the lines
 		p.Legend.Top = true
 		p.Legend.Left = true
 		p.Draw(tiles.At(dc, i, 0))
