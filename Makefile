@@ -50,11 +50,20 @@ clean-lab:
 clean:
 	rm -rf $(BUILD)
 
-# The main job for a newcomer: build everything and image machines in the
-# virtual lab, showing the server's live view and the per-client table.
+# The main job for a newcomer: build everything (binaries, kernel,
+# initramfs), make a small realistic disk image, and image 3 virtual
+# machines that boot from the network (PXE) in the virtual lab, showing the
+# server's live view and the per-client table.
 .PHONY: demo
-demo: deps build
+demo: deps build kernel initramfs
 	$(GO) run ./qemu/demo
+
+# The PXE end-to-end tests alone: VMs boot through QEMU's iPXE ROM, TFTP,
+# HTTP and the kernel + initramfs that shoal serve --pxe serves, and are
+# imaged (also run by make test). SHOAL_PXE_VMS=N boots N VMs (at least 3).
+.PHONY: qemu-test
+qemu-test: deps build kernel initramfs usb
+	SHOAL_REQUIRE_LAB=1 $(GO) test -count=1 -timeout 30m -v -run 'TestPXE' ./qemu/e2e
 
 # --- The client's boot image (see boot/ and scripts/initramfs.sh, kernel.sh,
 # usb.sh). File targets: each is rebuilt only when its inputs change.

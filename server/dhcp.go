@@ -38,6 +38,10 @@ type DHCPConfig struct {
 	// Logger receives a line per lease (info) and per packet (debug); nil
 	// discards them.
 	Logger *slog.Logger
+	// Boot, if set, is asked for boot options (PXE: the boot file) to add
+	// to each offer and ack; typ is the reply being built. It returns nil
+	// for a client that gets an address only.
+	Boot func(req *dhcpv4.DHCPv4, typ dhcpv4.MessageType) []dhcpv4.Modifier
 }
 
 // DefaultLeaseTime is the lease time when none is configured.
@@ -72,6 +76,7 @@ type DHCPServer struct {
 	last      netip.Addr
 	leaseTime time.Duration
 	router    netip.Addr
+	boot      func(*dhcpv4.DHCPv4, dhcpv4.MessageType) []dhcpv4.Modifier
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -138,6 +143,7 @@ func newDHCPServer(cfg DHCPConfig, ifi mcast.Interface) (*DHCPServer, error) {
 		last:      last,
 		leaseTime: cfg.LeaseTime,
 		router:    cfg.Router,
+		boot:      cfg.Boot,
 		closed:    make(chan struct{}),
 		byMAC:     map[string]*DHCPLease{},
 		byAddr:    map[netip.Addr]*DHCPLease{},
@@ -399,6 +405,9 @@ func (s *DHCPServer) reply(req *dhcpv4.DHCPv4, typ dhcpv4.MessageType, yours net
 			dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(s.leaseTime/2)),
 			dhcpv4.WithOption(dhcpv4.OptRebindingTimeValue(s.leaseTime*7/8)),
 		)
+		if s.boot != nil {
+			mods = append(mods, s.boot(req, typ)...)
+		}
 	}
 	resp, err := dhcpv4.NewReplyFromRequest(req, mods...)
 	if err != nil {

@@ -35,6 +35,8 @@ type roundOptions struct {
 	logOut    *switchWriter // where log lines go; the live view takes them
 	// httpAddr, if set, is where the status API and metrics are served.
 	httpAddr string
+	// mount, if set, adds more routes (the PXE boot files) to that server.
+	mount func(*http.ServeMux)
 }
 
 // operator is what the person at the server can ask for, whichever view
@@ -65,7 +67,11 @@ func runRounds(ctx context.Context, cfg server.Config, opts roundOptions) error 
 	var onServer func(*server.Server)
 	if opts.httpAddr != "" {
 		api := server.NewAPI()
-		stop, err := serveHTTP(ctx, opts.httpAddr, api.Handler(), cfg.Logger)
+		mux := api.Handler()
+		if opts.mount != nil {
+			opts.mount(mux)
+		}
+		stop, err := serveHTTP(ctx, opts.httpAddr, mux, cfg.Logger)
 		if err != nil {
 			return err
 		}

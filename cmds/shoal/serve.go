@@ -50,6 +50,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		plain      = fs.Bool("plain", false, "plain log lines even on a terminal (no live view)")
 		httpAddr   = fs.String("http", "", "serve the status API (/api/status, POST /api/start) and Prometheus /metrics on this address, e.g. :8080")
 	)
+	pxe := addPXEFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: shoal serve --session NAME --image FILE [flags]\n\n"+
 			"Starts when any criterion is met (--min-clients, --wait-after-join, --start-at),\n"+
@@ -129,7 +130,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	if _, err := server.New(cfg); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if *dhcpRange != "" {
+	if *dhcpRange != "" && !*pxe.on { // with --pxe, the PXE services run the DHCP server
 		dhcp, err := server.NewDHCPServer(server.DHCPConfig{Interface: *iface, Range: *dhcpRange, Logger: log})
 		if err != nil {
 			return err
@@ -137,6 +138,11 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		defer dhcp.Close()
 		go dhcp.Serve(ctx)
 	}
+	mountPXE, stopPXE, err := pxe.start(ctx, fs, pxeSetup{iface: *iface, dhcpRange: *dhcpRange, session: *session, httpAddr: httpAddr, log: log})
+	if err != nil {
+		return err
+	}
+	defer stopPXE()
 
 	if *restart && *once && flagGiven(fs, "once") {
 		return fmt.Errorf("%w: --once and --restart exclude each other", errUsage)
@@ -147,7 +153,7 @@ func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	}
 	return runRounds(ctx, cfg, roundOptions{
 		restart: *restart, clientLog: *logClients, image: *image, format: src.Format(),
-		stdin: stdin, stdout: stdout, stderr: stderr, tui: tui, logOut: logOut, httpAddr: *httpAddr,
+		stdin: stdin, stdout: stdout, stderr: stderr, tui: tui, logOut: logOut, httpAddr: *httpAddr, mount: mountPXE,
 	})
 }
 

@@ -1,179 +1,153 @@
-// Command demo shows shoal imaging several machines at once in the private
-// virtual lab: a server and N clients, each in its own network namespace on
-// one bridge, the clients writing to loop devices. `make demo` runs it.
+// Command demo shows what shoal is for: machines are switched on, boot
+// from the network, and are imaged, all at once. In a private virtual lab
+// (network namespaces and a bridge; nothing touches this machine's
+// network) it starts `shoal serve --pxe` and N QEMU virtual machines with
+// blank disks that boot from the network (-boot n): their iPXE NIC ROM
+// asks shoal's DHCP server, chainloads iPXE over TFTP, fetches the boot
+// script, the kernel and the initramfs over HTTP, and the client in the
+// initramfs joins the session, writes the image to the disk, verifies it
+// and powers off. The server's live view is on the terminal (plain lines
+// when the output is not a terminal, or with -plain); at the end the
+// server prints its per-client table and the demo checks every disk.
 //
-// It needs root, and the shoal binaries in build/ (make build).
+// `make demo` installs what is missing, builds the binaries, the kernel
+// and the initramfs, and runs this. It needs root.
 package main
 
 import (
 	"context"
-	"crypto/sha256"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/rand/v2"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/shoal-lab/shoal/internal/cli"
 	"github.com/shoal-lab/shoal/qemu/lab"
+	"github.com/shoal-lab/shoal/qemu/vm"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, args []string, stdout io.Writer) error {
+// config is the demo's settings, from its flags.
+type config struct {
+	vms       int
+	sizeMiB   int
+	bin       string // directory with the shoal binary
+	work      string // image, disks, serial logs, server log
+	kernel    string
+	initrd    string
+	plain     bool
+	chainload bool
+	timeout   time.Duration
+}
+
+func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	clients := fs.Int("clients", 3, "number of client machines")
-	sizeMiB := fs.Int("size", 256, "image size in MiB")
-	bin := fs.String("bin", "build", "directory with the shoal and shoal-client binaries")
-	work := fs.String("dir", "build/demo", "directory for the image, disks and logs")
-	rate := fs.String("max-rate", "300M", "server rate cap")
+	var c config
+	fs.IntVar(&c.vms, "vms", 3, "number of virtual machines to image")
+	fs.IntVar(&c.sizeMiB, "size", 64, "size of the realistic disk image in MiB (at least 64; TCG guests are slow)")
+	fs.StringVar(&c.bin, "bin", "build", "directory with the shoal binary (make build)")
+	fs.StringVar(&c.work, "dir", "build/demo", "directory for the image, the disks and the logs")
+	fs.StringVar(&c.kernel, "kernel", "build/vmlinuz", "the client kernel (make kernel)")
+	fs.StringVar(&c.initrd, "initrd", "build/shoal-initramfs.cpio.gz", "the client initramfs (make initramfs)")
+	fs.BoolVar(&c.plain, "plain", false, "the server prints plain lines instead of its live view")
+	fs.BoolVar(&c.chainload, "chainload", true, "QEMU's iPXE ROM loads undionly.kpxe over TFTP first, as a real NIC's PXE ROM does")
+	fs.DurationVar(&c.timeout, "timeout", 15*time.Minute, "give up after this long")
 	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if c.vms < 1 || c.sizeMiB < 64 {
+		return c, errors.New("-vms must be at least 1 and -size at least 64")
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdin *os.File, stdout *os.File) error {
+	cfg, err := parseFlags(args)
+	if err != nil {
 		return err
 	}
 	if err := lab.Available(); err != nil {
-		return fmt.Errorf("the demo needs the virtual lab: %w", err)
+		return fmt.Errorf("the demo needs the virtual lab (run it as root; make demo installs the packages): %w", err)
 	}
-	if err := os.MkdirAll(filepath.Join(*work, "logs"), 0o755); err != nil {
+	if err := vm.Available(vm.BIOS); err != nil {
 		return err
 	}
-	img := filepath.Join(*work, "demo.img")
-	fmt.Fprintf(stdout, "== making a %d MiB demo disk image (%s): random data with zero regions\n", *sizeMiB, img)
-	if err := makeImage(img, int64(*sizeMiB)<<20); err != nil {
-		return err
-	}
-
-	l, err := lab.New(ctx, lab.Config{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	srvHost, err := l.AddHost("server")
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "== virtual lab: bridge in namespace %s, server %s\n", l.SwitchNS(), srvHost.Addr)
-
-	var disks []string
-	var procs []*exec.Cmd
-	for i := 1; i <= *clients; i++ {
-		h, err := l.AddHost(fmt.Sprintf("pc%d", i))
-		if err != nil {
-			return err
+	for _, f := range []string{filepath.Join(cfg.bin, "shoal"), cfg.kernel, cfg.initrd} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("%w (make build kernel initramfs builds it)", err)
 		}
-		disk, detach, err := loopDisk(filepath.Join(*work, fmt.Sprintf("pc%d.disk", i)), int64(*sizeMiB)<<20)
-		if err != nil {
-			return err
-		}
-		defer detach()
-		disks = append(disks, disk)
-		logf, err := os.Create(filepath.Join(*work, "logs", fmt.Sprintf("pc%d.log", i)))
-		if err != nil {
-			return err
-		}
-		defer logf.Close()
-		c := h.Command(ctx, filepath.Join(*bin, "shoal-client"), "--session", "demo", "--disk", disk)
-		c.Stdout, c.Stderr = logf, logf
-		if err := c.Start(); err != nil {
-			return err
-		}
-		procs = append(procs, c)
-		fmt.Fprintf(stdout, "== client pc%d at %s writes %s (log %s)\n", i, h.Addr, disk, logf.Name())
 	}
-
-	fmt.Fprintf(stdout, "== shoal serve --session demo --image %s --min-clients %d --max-rate %s\n\n", img, *clients, *rate)
-	srv := srvHost.Command(ctx, filepath.Join(*bin, "shoal"), "serve", "--session", "demo", "--image", img,
-		"--min-clients", fmt.Sprint(*clients), "--max-rate", *rate)
-	srv.Stdout, srv.Stderr = stdout, stdout
-	start := time.Now()
-	srvErr := srv.Run()
-	for _, c := range procs {
-		c.Wait()
-	}
-	fmt.Fprintf(stdout, "\n== %d clients imaged in %s; disks on this machine:\n", *clients, time.Since(start).Round(time.Millisecond))
-	want, _ := fileHash(img, -1)
-	for i, d := range disks {
-		got, _ := fileHash(d, int64(*sizeMiB)<<20)
-		verdict := "MATCHES the image"
-		if got != want {
-			verdict = "DIFFERS from the image"
-		}
-		fmt.Fprintf(stdout, "   pc%d %s sha256 %x %s\n", i+1, d, got, verdict)
-	}
-	fmt.Fprintf(stdout, "== client logs: %s\n", filepath.Join(*work, "logs"))
-	return srvErr
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	d := &demo{cfg: cfg, out: stdout, stdin: stdin, tui: !cfg.plain && cli.IsTerminal(stdout)}
+	return d.run(ctx)
 }
 
-// makeImage writes a disk-like image: random blocks with long zero runs.
-func makeImage(path string, size int64) error {
-	f, err := os.Create(path)
+// demo is one run.
+type demo struct {
+	cfg   config
+	out   io.Writer
+	stdin *os.File
+	tui   bool // the server shows its live view on this terminal
+	logs  string
+}
+
+func (d *demo) say(format string, a ...any) {
+	fmt.Fprintf(d.out, "== "+format+"\n", a...)
+}
+
+func (d *demo) run(ctx context.Context) error {
+	start := time.Now()
+	d.logs = filepath.Join(d.cfg.work, "logs")
+	vmDir := filepath.Join(d.cfg.work, "vms")
+	for _, dir := range []string{d.logs, vmDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	img, err := d.makeImage(ctx)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	r := rand.New(rand.NewPCG(1, 2))
-	buf := make([]byte, 1<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		if r.IntN(10) < 6 {
-			clear(buf)
-		} else {
-			for i := range buf {
-				buf[i] = byte(r.Uint32())
-			}
-		}
-		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
-			return err
-		}
+	net, err := d.startLab(ctx)
+	if err != nil {
+		return err
+	}
+	defer net.close()
+	accel := vm.DetectAccel(ctx, d.cfg.kernel, net.log)
+	srv, err := d.startServer(ctx, net, img)
+	if err != nil {
+		return err
+	}
+	d.say("%d virtual machines (%s, 512 MiB, blank %d MiB disk each) power on and boot from the network", d.cfg.vms, accel, d.cfg.sizeMiB)
+	if d.tui {
+		time.Sleep(2 * time.Second) // let the lines above be read before the live view takes the screen
+	}
+	fleet, err := d.startVMs(ctx, net, accel, vmDir, img.size)
+	if err != nil {
+		srv.stop()
+		return err
+	}
+	defer fleet.close()
+	srvErr := srv.wait()
+	fleet.waitPowerOff(ctx, 30*time.Second)
+	fmt.Fprintln(d.out)
+	ok := d.report(img, fleet, srvErr, time.Since(start))
+	if !ok {
+		return errors.New("not every machine was imaged; see the logs above")
 	}
 	return nil
-}
-
-// loopDisk makes a blank backing file and a loop device on it.
-func loopDisk(backing string, size int64) (string, func(), error) {
-	if err := os.Truncate(backing, 0); err != nil && !os.IsNotExist(err) {
-		return "", nil, err
-	}
-	f, err := os.Create(backing)
-	if err != nil {
-		return "", nil, err
-	}
-	f.Truncate(size)
-	f.Close()
-	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
-	if err != nil {
-		return "", nil, fmt.Errorf("losetup: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	return dev, func() { exec.Command("losetup", "-d", dev).Run() }, nil
-}
-
-func fileHash(path string, n int64) ([32]byte, error) {
-	var sum [32]byte
-	f, err := os.Open(path)
-	if err != nil {
-		return sum, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	var r io.Reader = f
-	if n >= 0 {
-		r = io.LimitReader(f, n)
-	}
-	if _, err := io.Copy(h, r); err != nil {
-		return sum, err
-	}
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
 }
