@@ -21,6 +21,9 @@ func FuzzManifestUnmarshal(f *testing.F) {
 	f.Add(good, true)
 	f.Add(good[:len(good)-1], true)
 	f.Add([]byte("SHMF"), false)
+	flagged := bytes.Clone(good)
+	flagged[7] = 1 // a non-zero reserved field must be refused, not dropped
+	f.Add(flagged, true)
 	f.Fuzz(func(t *testing.T, b []byte, fixCRC bool) {
 		// With fixCRC the trailing checksum is made right, so the fuzzer
 		// reaches the decoder behind it instead of stopping at the CRC.

@@ -183,6 +183,9 @@ func (m *Manifest) UnmarshalBinary(b []byte) error {
 	if v := binary.BigEndian.Uint16(b[4:]); v != manifestVersion {
 		return fmt.Errorf("%w: version %d, this build reads %d", ErrManifest, v, manifestVersion)
 	}
+	if flags := binary.BigEndian.Uint16(b[6:]); flags != 0 {
+		return fmt.Errorf("%w: reserved field is %#x, this build writes 0 (a newer shoal made this image?)", ErrManifest, flags)
+	}
 	body := b[:len(b)-4]
 	if got, want := crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)), binary.BigEndian.Uint32(b[len(b)-4:]); got != want {
 		return fmt.Errorf("%w: checksum mismatch", ErrManifest)
