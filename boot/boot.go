@@ -249,6 +249,9 @@ func (r *runner) attempt(ctx context.Context) (*client.Result, error) {
 		}
 		r.net = &info
 		r.say("network up: %s", info)
+		// For as long as the client runs, retries included: an image
+		// can take longer than the lease.
+		go KeepLease(ctx, info, r.log, func(m string) { r.say("%s", m) })
 	}
 	cfg := client.Config{
 		Session:      r.s.Session,

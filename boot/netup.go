@@ -46,6 +46,8 @@ type NetInfo struct {
 	Router     netip.Addr   // invalid if none
 	DHCPServer netip.Addr   // invalid with a static address
 	LeaseTime  time.Duration
+
+	lease *nclient4.Lease // what KeepLease renews; nil with a static address
 }
 
 func (n NetInfo) String() string {
@@ -260,7 +262,9 @@ func dhcp(ctx context.Context, l netlink.Link, timeout time.Duration, log *slog.
 	if err != nil {
 		return NetInfo{}, err
 	}
-	return leaseInfo(name, l.Attrs().HardwareAddr, lease.ACK)
+	info, err := leaseInfo(name, l.Attrs().HardwareAddr, lease.ACK)
+	info.lease = lease
+	return info, err
 }
 
 // leaseInfo reads the address, subnet and router from a DHCP ACK.

@@ -30,6 +30,12 @@ func requireLab(t *testing.T) {
 // named client hosts with no address, and returns them.
 func dhcpLab(t *testing.T, clients ...string) (*server.DHCPServer, []*lab.Host) {
 	t.Helper()
+	return dhcpLabLease(t, 0, clients...)
+}
+
+// dhcpLabLease is dhcpLab with the server's lease time (0: its default).
+func dhcpLabLease(t *testing.T, leaseTime time.Duration, clients ...string) (*server.DHCPServer, []*lab.Host) {
+	t.Helper()
 	requireLab(t)
 	l, err := lab.New(t.Context(), lab.Config{Subnet: labSubnet, Logger: testLogger(t)})
 	if err != nil {
@@ -55,7 +61,7 @@ func dhcpLab(t *testing.T, clients ...string) (*server.DHCPServer, []*lab.Host) 
 	var d *server.DHCPServer
 	if err := srvHost.Do(func() error {
 		var err error
-		d, err = server.NewDHCPServer(server.DHCPConfig{Interface: srvHost.Iface, Range: dhcpRange, Logger: testLogger(t)})
+		d, err = server.NewDHCPServer(server.DHCPConfig{Interface: srvHost.Iface, Range: dhcpRange, LeaseTime: leaseTime, Logger: testLogger(t)})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -156,6 +162,79 @@ func TestBringUp(t *testing.T) {
 		if !strings.Contains(routes, want) {
 			t.Errorf("routes lack %q:\n%s", want, routes)
 		}
+	}
+}
+
+// TestKeepLease renews a short lease from the real server over real
+// sockets, then keeps the address when the server is gone and the lease
+// runs out, and says so.
+func TestKeepLease(t *testing.T) {
+	const leaseTime = 4 * time.Second
+	d, hosts := dhcpLabLease(t, leaseTime, "client")
+	h := hosts[0]
+	var (
+		mu   sync.Mutex
+		said []string
+	)
+	say := func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		said = append(said, s)
+		t.Log("console: " + s)
+	}
+	var info boot.NetInfo
+	var leased time.Time
+	keep := func(d time.Duration) error {
+		ctx, cancel := context.WithTimeout(t.Context(), d)
+		defer cancel()
+		boot.KeepLease(ctx, info, testLogger(t), say)
+		return nil
+	}
+	if err := h.Do(func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		var err error
+		info, err = boot.BringUp(ctx, boot.NetConfig{Logger: testLogger(t)})
+		leased = time.Now()
+		if err != nil {
+			return err
+		}
+		return keep(3 * leaseTime)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ls := d.Leases()
+	if len(ls) != 1 || ls[0].Addr != info.Addr.Addr() {
+		t.Fatalf("server leases %+v, want one for %s", ls, info.Addr)
+	}
+	// Renewed at T1 (2 s) again and again: the lease now runs well past
+	// the first one's end.
+	if end := ls[0].Expires; !end.After(leased.Add(2 * leaseTime)) {
+		t.Errorf("lease expires %s after it was taken: not renewed (want > %s)", end.Sub(leased), 2*leaseTime)
+	}
+	if len(said) != 0 {
+		t.Errorf("console said %q while the server renewed", said)
+	}
+
+	// The DHCP server goes away: the lease runs out, the address stays.
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// (A renewal gives up after about 6 s: a try of 2 s, then one of 4 s.)
+	if err := h.Do(func() error { return keep(3 * leaseTime) }); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(said) != 1 || !strings.Contains(said[0], "expired") || !strings.Contains(said[0], "keeping the address") {
+		t.Errorf("console said %q, want one line about the expired lease", said)
+	}
+	addrs, err := h.Run(t.Context(), "ip", "-4", "addr", "show", "dev", h.Iface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(addrs, info.Addr.String()) {
+		t.Errorf("the address %s is gone after the lease ran out:\n%s", info.Addr, addrs)
 	}
 }
 
