@@ -115,3 +115,21 @@ func TestReceiverAdvanceMakesChunksDue(t *testing.T) {
 		t.Fatal("asked before the reorder grace")
 	}
 }
+
+func TestCoalesceFor(t *testing.T) {
+	tests := []struct {
+		rcvbuf int
+		want   time.Duration
+	}{
+		{0, minCoalesce},                   // unknown: the shortest pause
+		{212992, 425984 * time.Nanosecond}, // Linux's default buffer: what 1 Gbit/s fills a quarter of
+		{2 * dataRecvBuffer, maxCoalesce},  // SO_RCVBUFFORCE took: the longest
+		{1 << 30, maxCoalesce},             //
+		{20000, minCoalesce},               // tiny: never below the floor
+	}
+	for _, tt := range tests {
+		if got := coalesceFor(tt.rcvbuf); got != tt.want {
+			t.Errorf("coalesceFor(%d) = %s, want %s", tt.rcvbuf, got, tt.want)
+		}
+	}
+}

@@ -181,6 +181,23 @@ func setBuffer(conn *net.UDPConn, force, normal, bytes int) error {
 	return serr
 }
 
+// ReceiveBuffer returns the size of conn's receive buffer as the kernel
+// reports it (SO_RCVBUF: twice what was asked, for its bookkeeping).
+func ReceiveBuffer(conn *net.UDPConn) (int, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		n    int
+		gerr error
+	)
+	if err := rc.Control(func(fd uintptr) { n, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) }); err != nil {
+		return 0, err
+	}
+	return n, gerr
+}
+
 func setIPInt(conn *net.UDPConn, opt, v int) error {
 	rc, err := conn.SyscallConn()
 	if err != nil {
