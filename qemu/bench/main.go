@@ -100,7 +100,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	sc := scenario{N: *n, Loss: *loss, Rate: rate, Image: img, Size: int64(*sizeMiB) << 20, SHA: sum, Kill: *kill, MTU: *mtu}
 	for _, tool := range strings.Split(*tools, ",") {
-		r, err := runScenario(ctx, sc, tool, *bin, *dir, self, strings.Fields(*shoalArg))
+		rctx, cancel := context.WithTimeout(ctx, *timeout)
+		r, err := runScenario(rctx, sc, tool, *bin, *dir, self, strings.Fields(*shoalArg))
+		timedOut := rctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if timedOut {
+			fmt.Fprintf(stdout, "%-8s n=%-2d loss=%2d%%: did not finish in %s\n", tool, sc.N, sc.Loss, *timeout)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", tool, err)
 		}
