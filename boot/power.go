@@ -24,3 +24,4 @@ func PowerAction(a After) error {
 	}
 	return nil
 }
+

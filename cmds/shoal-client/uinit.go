@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -21,11 +22,30 @@ func uinitMain(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	disp := newDisplay(os.Stdout)
-	err := boot.Run(ctx, boot.Options{Stdin: os.Stdin, Stdout: os.Stdout, Status: disp.show})
+	// Write to the consoles themselves, not to what init gave as stdout
+	// (with several consoles, a pipe whose tail is lost at power-off),
+	// and let them drain before the machine goes off.
+	var out io.Writer = os.Stdout
+	power := boot.PowerAction
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		fmt.Fprintf(os.Stdout, "shoal-client: %v\n", err)
+	}
+	if cons, err := boot.OpenConsoles("/", boot.ConsoleDevices(string(cmdline))); err != nil {
+		fmt.Fprintf(os.Stdout, "shoal-client: %v; writing to standard output\n", err)
+	} else {
+		defer cons.Close()
+		out = cons
+		power = func(a boot.After) error {
+			cons.Drain()
+			return boot.PowerAction(a)
+		}
+	}
+	disp := newDisplay(out)
+	err = boot.Run(ctx, boot.Options{Stdin: os.Stdin, Stdout: out, Cmdline: string(cmdline), Status: disp.show, Power: power})
 	disp.end()
 	if err != nil {
-		fmt.Fprintln(os.Stdout, "shoal-client:", err)
+		fmt.Fprintln(out, "shoal-client:", err)
 		return 1
 	}
 	return 0
