@@ -24,4 +24,3 @@ func PowerAction(a After) error {
 	}
 	return nil
 }
-
