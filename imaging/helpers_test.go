@@ -3,7 +3,6 @@ package imaging
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/shoal-lab/shoal/internal/filehash"
 )
 
 // testTmp is a directory for this test binary's run, for what tests share
@@ -210,24 +211,11 @@ func packBytes(t testing.TB, img []byte, opts PackOptions) (string, *Manifest) {
 // fileSHA256 hashes the first n bytes of path.
 func fileSHA256(t testing.TB, path string, n int64) [32]byte {
 	t.Helper()
-	f, err := os.Open(path)
+	sum, err := filehash.SHA256(path, n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	for n > 0 {
-		k, err := f.Read(buf[:min(int64(len(buf)), n)])
-		if err != nil {
-			t.Fatalf("read %s: %v", path, err)
-		}
-		h.Write(buf[:k])
-		n -= int64(k)
-	}
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
-	return s
+	return sum
 }
 
 // flipByte flips every bit of the byte at off in path.

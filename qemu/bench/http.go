@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/shoal-lab/shoal/internal/filehash"
 )
 
 // serveHTTP is the unicast anchor's server: it runs inside the sender's
@@ -82,7 +84,7 @@ func (e *env) runHTTP(ctx context.Context, img string, size int64, want [32]byte
 		go func(c *exec.Cmd) {
 			defer wg.Done()
 			b, err := c.CombinedOutput()
-			s, herr := hashFile(out, size)
+			s, herr := filehash.SHA256(out, size)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/shoal-lab/shoal/internal/cli"
+	"github.com/shoal-lab/shoal/internal/filehash"
 	"github.com/shoal-lab/shoal/qemu/lab"
 )
 
@@ -191,7 +192,7 @@ func runScenario(ctx context.Context, sc scenario, tool, bin, dir, self string, 
 // randomFile writes size incompressible bytes to path (kept between runs).
 func randomFile(path string, size int64) ([32]byte, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Size() == size {
-		return hashFile(path, size)
+		return filehash.SHA256(path, size)
 	}
 	var sum [32]byte
 	f, err := os.Create(path)

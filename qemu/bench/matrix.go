@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/shoal-lab/shoal/internal/cli"
+	"github.com/shoal-lab/shoal/internal/filehash"
 )
 
 // cell is one measured cell of the matrix.
@@ -141,7 +142,7 @@ func realisticPayload(ctx context.Context, bin, dir string) (raw, packed string,
 	if err != nil {
 		return "", "", sum, 0, err
 	}
-	sum, err = hashFile(raw, fi.Size())
+	sum, err = filehash.SHA256(raw, fi.Size())
 	return raw, packed, sum, fi.Size(), err
 }
 

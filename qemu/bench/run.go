@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-lab/shoal/internal/filehash"
 	"github.com/shoal-lab/shoal/qemu/lab"
 )
 
@@ -57,21 +57,6 @@ func txBytes(ctx context.Context, h *lab.Host) int64 {
 	}
 	n, _ := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
 	return n
-}
-
-func hashFile(path string, n int64) ([32]byte, error) {
-	var sum [32]byte
-	f, err := os.Open(path)
-	if err != nil {
-		return sum, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, io.LimitReader(f, n)); err != nil {
-		return sum, err
-	}
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
 }
 
 // runShoal serves img to every receiver with shoal.
@@ -155,7 +140,7 @@ func (e *env) runShoal(ctx context.Context, img string, size int64, want [32]byt
 	res.Wall = end.Sub(started)
 	mu.Unlock()
 	for i := range outs {
-		if s, err := hashFile(outs[i], size); err == nil && s == want {
+		if s, err := filehash.SHA256(outs[i], size); err == nil && s == want {
 			res.OK++
 		}
 	}
@@ -211,7 +196,7 @@ func (e *env) runUdpcast(ctx context.Context, img string, size int64, want [32]b
 			c.Wait()
 			// Verification by the harness, since udpcast verifies nothing:
 			// the same read-back shoal's clients do.
-			s, err := hashFile(outs[i], size)
+			s, err := filehash.SHA256(outs[i], size)
 			mu.Lock()
 			defer mu.Unlock()
 			if err == nil && s == want {

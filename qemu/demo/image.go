@@ -2,14 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
-	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/shoal-lab/shoal/internal/filehash"
 )
 
 // image is the disk image the demo serves.
@@ -36,7 +35,7 @@ func (d *demo) makeImage(ctx context.Context) (image, error) {
 	if err := d.runShown(ctx, filepath.Join(d.cfg.bin, "shoal"), "image", "pack", img.raw, img.packed); err != nil {
 		return img, err
 	}
-	sum, err := fileSHA256(img.raw, -1)
+	sum, err := filehash.SHA256(img.raw, -1)
 	if err != nil {
 		return img, err
 	}
@@ -56,24 +55,4 @@ func (d *demo) runShown(ctx context.Context, name string, args ...string) error 
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
-}
-
-// fileSHA256 hashes the first n bytes of a file (all of it for n < 0).
-func fileSHA256(path string, n int64) ([32]byte, error) {
-	var sum [32]byte
-	f, err := os.Open(path)
-	if err != nil {
-		return sum, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	var r io.Reader = f
-	if n >= 0 {
-		r = io.LimitReader(f, n)
-	}
-	if _, err := io.Copy(h, r); err != nil {
-		return sum, fmt.Errorf("read %s: %w", path, err)
-	}
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/shoal-lab/shoal/internal/filehash"
 )
 
 // clientRecord is the part of a line of shoal serve's --log-clients the
@@ -24,7 +26,7 @@ func (d *demo) report(img image, f *fleet, srvErr error, total time.Duration) bo
 	ok := srvErr == nil
 	d.say("the disks, read back on this machine:")
 	for i, v := range f.vms {
-		got, err := fileSHA256(f.disks[i], img.size)
+		got, err := filehash.SHA256(f.disks[i], img.size)
 		verdict := "MATCHES the image"
 		switch {
 		case err != nil:

@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-lab/shoal/internal/filehash"
 	"github.com/shoal-lab/shoal/qemu/lab"
 	"github.com/shoal-lab/shoal/qemu/vm"
 )
@@ -142,27 +142,16 @@ func makeImage(t *testing.T, path string, size int) [32]byte {
 // prefixSHA256 hashes the first n bytes of a file.
 func prefixSHA256(t *testing.T, path string, n int64) [32]byte {
 	t.Helper()
-	f, err := os.Open(path)
+	sum, err := filehash.SHA256(path, n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.CopyN(h, f, n); err != nil {
-		t.Fatalf("read %s: %v", path, err)
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
 	return sum
 }
 
 func fileSHA256(t *testing.T, path string) [32]byte {
 	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return prefixSHA256(t, path, fi.Size())
+	return prefixSHA256(t, path, -1)
 }
 
 // serveProc is a running `shoal serve` in a lab host.
