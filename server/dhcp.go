@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -177,41 +176,11 @@ func (s *DHCPServer) Serve(ctx context.Context) error {
 		return nil
 	default:
 	}
-	stop := context.AfterFunc(ctx, func() { s.conn.SetReadDeadline(time.Now()) })
-	defer stop()
 	s.log.Info("DHCP server ready", "interface", s.iface.Name, "addr", s.iface.Addr,
 		"range", s.first.String()+"-"+s.last.String(), "router", s.router, "lease", s.leaseTime)
-	buf := make([]byte, 4096)
-	for {
-		n, peer, err := s.conn.ReadFrom(buf)
-		if err != nil {
-			select {
-			case <-s.closed:
-				return nil
-			default:
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("dhcp: read: %w", err)
-		}
-		req, err := dhcpv4.FromBytes(buf[:n])
-		if err != nil {
-			s.log.Debug("dhcp: bad packet", "from", peer, "err", err)
-			continue
-		}
-		resp, dest := s.handle(req)
-		if resp == nil {
-			continue
-		}
-		if _, err := s.conn.WriteTo(resp.ToBytes(), dest); err != nil {
-			s.log.Warn("dhcp: send failed", "to", dest, "type", resp.MessageType(), "err", err)
-		}
-	}
+	return serveDHCPConn(ctx, s.conn, s.closed, s.log, func(req *dhcpv4.DHCPv4, _ *net.UDPAddr) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+		return s.handle(req)
+	})
 }
 
 // Close stops Serve, waits for it and closes the socket. It is idempotent.
