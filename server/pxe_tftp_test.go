@@ -83,6 +83,16 @@ func TestTFTPServer(t *testing.T) {
 			}
 		})
 	}
+	// The server tells of a fetch once it has the last ACK, which can be
+	// after the client has returned: wait for it a little.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := len(fetched)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(fetched) != 1 || fetched[0] != "52:54:00:12:34:56" {
