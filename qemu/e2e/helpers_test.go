@@ -165,24 +165,8 @@ type serveProc struct {
 // startServer runs shoal serve in host h with DHCP on its eth0.
 func startServer(ctx context.Context, t *testing.T, h *lab.Host, bin, session, image string, extra ...string) *serveProc {
 	t.Helper()
-	args := append([]string{"serve", "--session", session, "--image", image, "--interface", h.Iface,
-		"--dhcp", dhcpRange, "--min-clients", "1"}, extra...)
-	cmd := h.Command(ctx, bin, args...)
-	s := &serveProc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = s.out, s.out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start shoal serve: %v", err)
-	}
-	go func() {
-		s.err = cmd.Wait()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-s.done
-		t.Logf("shoal serve output:\n%s", s.out.String())
-	})
-	return s
+	return startShoal(ctx, t, h, bin, append([]string{"--session", session, "--image", image, "--interface", h.Iface,
+		"--dhcp", dhcpRange, "--min-clients", "1"}, extra...)...)
 }
 
 // wait waits for the server to exit and returns its error.

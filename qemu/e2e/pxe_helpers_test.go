@@ -129,13 +129,22 @@ func startIPv6Router(ctx context.Context, t *testing.T, l *lab.Lab) {
 	if _, err := h.Run(ctx, "ip", "-6", "addr", "add", "fd77::1/64", "dev", h.Iface, "nodad"); err != nil {
 		t.Fatal(err)
 	}
+	runDnsmasq(ctx, t, h, "dnsmasq (router advertisements)", false,
+		"--enable-ra", "--dhcp-range=::,constructor:"+h.Iface+",ra-only")
+}
+
+// runDnsmasq runs dnsmasq in host h, on its interface only, with no
+// configuration file, DNS or lease file, and args for the service wanted.
+// Its output is logged at the end of the test, or only when the test
+// failed unless always.
+func runDnsmasq(ctx context.Context, t *testing.T, h *lab.Host, what string, always bool, args ...string) *syncBuffer {
+	t.Helper()
 	out := &syncBuffer{}
-	cmd := h.Command(ctx, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--no-resolv", "--no-hosts",
-		"--interface="+h.Iface, "--bind-interfaces", "--enable-ra", "--dhcp-range=::,constructor:"+h.Iface+",ra-only",
-		"--leasefile-ro", "--log-facility=-")
+	cmd := h.Command(ctx, "dnsmasq", append([]string{"--no-daemon", "--conf-file=/dev/null", "--port=0", "--no-resolv", "--no-hosts",
+		"--interface=" + h.Iface, "--bind-interfaces", "--leasefile-ro", "--log-facility=-"}, args...)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("dnsmasq (router advertisements): %v", err)
+		t.Fatalf("%s: %v", what, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -145,8 +154,9 @@ func startIPv6Router(ctx context.Context, t *testing.T, l *lab.Lab) {
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-done
-		if t.Failed() {
-			t.Logf("dnsmasq (router advertisements) output:\n%s", out.String())
+		if always || t.Failed() {
+			t.Logf("%s output:\n%s", what, out.String())
 		}
 	})
+	return out
 }

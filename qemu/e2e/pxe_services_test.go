@@ -182,25 +182,8 @@ func TestPXEServicesDHCPMode(t *testing.T) {
 // TFTP, no boot options) in host h, leasing 10.77.0.100-150.
 func startDnsmasq(ctx context.Context, t *testing.T, h *lab.Host) *syncBuffer {
 	t.Helper()
-	out := &syncBuffer{}
-	cmd := h.Command(ctx, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--no-resolv", "--no-hosts",
-		"--interface="+h.Iface, "--bind-interfaces", "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
-		"--dhcp-authoritative", "--no-ping", "--leasefile-ro", "--dhcp-option=3", "--log-dhcp", "--log-facility=-")
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("dnsmasq: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-		t.Logf("dnsmasq output:\n%s", out.String())
-	})
-	return out
+	return runDnsmasq(ctx, t, h, "dnsmasq", true, "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+		"--dhcp-authoritative", "--no-ping", "--dhcp-option=3", "--log-dhcp")
 }
 
 // TestPXEServicesProxyMode: dnsmasq hands out addresses while `shoal
